@@ -1,0 +1,264 @@
+//! Reconnect delays: exponential growth with full jitter. Pure: the random source is a
+//! small seeded generator, so the schedule is testable.
+
+use std::time::Duration;
+
+/// How long the listener waits between reconnect attempts.
+///
+/// The first attempt after a lost connection is made at once. Before attempt `n + 1`
+/// the listener waits a random delay between zero and `min(max, initial * 2^(n-1))`
+/// ("full jitter"), so a fleet of listeners that lost the same server does not
+/// reconnect in lockstep. The schedule starts over only after a connection was
+/// established *and* LISTEN was active again.
+///
+/// Defaults: `initial` 100 ms, `max` 10 s.
+///
+/// ```
+/// use std::time::Duration;
+/// use pglisten::Backoff;
+///
+/// let backoff = Backoff::new()
+///     .initial(Duration::from_millis(250))
+///     .max(Duration::from_secs(30));
+/// assert_eq!(backoff.initial_delay(), Duration::from_millis(250));
+/// # let _ = pglisten::Listener::builder("postgres://app@db/app").backoff(backoff);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The default policy: 100 ms first delay, growing to at most 10 s.
+    ///
+    /// ```
+    /// assert_eq!(pglisten::Backoff::new(), pglisten::Backoff::default());
+    /// ```
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The upper bound of the first delay (before the second attempt).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let b = pglisten::Backoff::new().initial(Duration::from_millis(10));
+    /// assert_eq!(b.initial_delay(), Duration::from_millis(10));
+    /// ```
+    #[must_use]
+    pub fn initial(mut self, delay: Duration) -> Self {
+        self.initial = delay;
+        self
+    }
+
+    /// The cap of every delay. A cap below `initial` is raised to `initial`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let b = pglisten::Backoff::new().max(Duration::from_secs(60));
+    /// assert_eq!(b.max_delay(), Duration::from_secs(60));
+    /// ```
+    #[must_use]
+    pub fn max(mut self, delay: Duration) -> Self {
+        self.max = delay;
+        self
+    }
+
+    /// The configured first delay bound.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// assert_eq!(pglisten::Backoff::new().initial_delay(), Duration::from_millis(100));
+    /// ```
+    pub fn initial_delay(&self) -> Duration {
+        self.initial
+    }
+
+    /// The configured cap.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// assert_eq!(pglisten::Backoff::new().max_delay(), Duration::from_secs(10));
+    /// ```
+    pub fn max_delay(&self) -> Duration {
+        self.max.max(self.initial)
+    }
+
+    /// The bound of the delay before attempt number `attempt` (1-based) after a loss:
+    /// zero for the first attempt, then `initial`, doubling up to `max`.
+    pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
+        if attempt <= 1 {
+            return Duration::ZERO;
+        }
+        let doublings = (attempt - 2).min(32);
+        self.initial
+            .checked_mul(1u32 << doublings.min(31))
+            .unwrap_or(Duration::MAX)
+            .min(self.max_delay())
+    }
+}
+
+/// The running schedule of one outage: counts attempts and draws jittered delays.
+#[derive(Debug)]
+pub(crate) struct BackoffSchedule {
+    policy: Backoff,
+    attempt: u32,
+    rng: SplitMix64,
+}
+
+impl BackoffSchedule {
+    pub(crate) fn new(policy: Backoff, seed: u64) -> Self {
+        BackoffSchedule {
+            policy,
+            attempt: 0,
+            rng: SplitMix64(seed),
+        }
+    }
+
+    /// Counts one more attempt and returns how long to wait before making it.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        self.attempt = self.attempt.saturating_add(1);
+        let ceiling = self.policy.ceiling(self.attempt);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.rng.next() % nanos.saturating_add(1))
+    }
+
+    /// Attempts made since the last reset.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Starts over: called once LISTEN is active again.
+    pub(crate) fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// A tiny, well-distributed generator; jitter needs no cryptographic randomness.
+#[derive(Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// A seed that differs between processes and listeners, without a `rand` dependency.
+pub(crate) fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn first_attempt_is_immediate_then_ceiling_doubles_to_the_cap() {
+        let b = Backoff::new().initial(100 * MS).max(MS * 1000);
+        let ceilings: Vec<_> = (1..=7).map(|n| b.ceiling(n)).collect();
+        assert_eq!(
+            ceilings,
+            [0, 100, 200, 400, 800, 1000, 1000].map(|m| m * MS)
+        );
+        assert_eq!(b.ceiling(u32::MAX), 1000 * MS);
+    }
+
+    #[test]
+    fn cap_below_initial_is_raised() {
+        let b = Backoff::new().initial(500 * MS).max(10 * MS);
+        assert_eq!(b.max_delay(), 500 * MS);
+        assert_eq!(b.ceiling(5), 500 * MS);
+    }
+
+    #[test]
+    fn huge_initial_does_not_overflow() {
+        let b = Backoff::new().initial(Duration::MAX).max(Duration::MAX);
+        assert_eq!(b.ceiling(40), Duration::MAX);
+        let mut s = BackoffSchedule::new(b, 1);
+        for _ in 0..40 {
+            s.next_delay();
+        }
+    }
+
+    #[test]
+    fn delays_stay_within_ceiling_and_are_jittered() {
+        let policy = Backoff::new().initial(100 * MS).max(2000 * MS);
+        let mut s = BackoffSchedule::new(policy, 42);
+        assert_eq!(s.next_delay(), Duration::ZERO);
+        let mut seen = Vec::new();
+        for attempt in 2..=12 {
+            let d = s.next_delay();
+            assert!(d <= policy.ceiling(attempt), "attempt {attempt}: {d:?}");
+            seen.push(d);
+        }
+        seen.sort();
+        seen.dedup();
+        assert!(seen.len() > 5, "jitter should spread delays: {seen:?}");
+        assert_eq!(s.attempts(), 12);
+    }
+
+    #[test]
+    fn mean_delay_grows_with_attempts() {
+        let policy = Backoff::new().initial(100 * MS).max(10_000 * MS);
+        let mean = |attempt: u32| {
+            let mut total = Duration::ZERO;
+            for seed in 0..400 {
+                let mut s = BackoffSchedule::new(policy, seed);
+                for _ in 1..attempt {
+                    s.next_delay();
+                }
+                total += s.next_delay();
+            }
+            total / 400
+        };
+        let (m2, m4, m6) = (mean(2), mean(4), mean(6));
+        assert!(m2 < m4 && m4 < m6, "{m2:?} {m4:?} {m6:?}");
+        // Full jitter: the mean is about half the ceiling (1600 ms for attempt 6).
+        assert!(m6 > 650 * MS && m6 < 950 * MS, "{m6:?}");
+    }
+
+    #[test]
+    fn reset_starts_over() {
+        let mut s = BackoffSchedule::new(Backoff::new(), 7);
+        for _ in 0..5 {
+            s.next_delay();
+        }
+        s.reset();
+        assert_eq!(s.attempts(), 0);
+        assert_eq!(s.next_delay(), Duration::ZERO);
+    }
+
+    #[test]
+    fn seeds_differ() {
+        assert_ne!(random_seed(), random_seed());
+    }
+}

@@ -1,0 +1,223 @@
+//! What a [`Subscription`](crate::Subscription) yields.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// One item of a [`Subscription`](crate::Subscription) stream.
+///
+/// Only [`Event::Notification`] carries data. The others are facts about the stream:
+/// treat [`Event::Reconnected`] and [`Event::Lagged`] as "something may have been missed:
+/// reload your state", and [`Event::Error`] as information (the stream keeps going).
+///
+/// ```
+/// use pglisten::Event;
+///
+/// fn handle(event: Event) {
+///     match event {
+///         Event::Notification(n) => println!("{}: {}", n.channel(), n.payload()),
+///         Event::Reconnected(_) | Event::Lagged(_) => println!("gap: reload everything"),
+///         Event::Error(e) => eprintln!("listener trouble: {e}"),
+///         _ => {} // future variants
+///     }
+/// }
+/// # let _ = handle;
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A notification on one of the subscription's channels.
+    Notification(Notification),
+    /// The connection was lost (or this subscription was made while disconnected) and
+    /// LISTEN is active again on a new connection. Notifications sent during the gap are
+    /// gone: reload your state. Nothing sent after this event is missed.
+    Reconnected(ReconnectReport),
+    /// This subscription's queue was full, so this many notifications were dropped.
+    /// Resynchronise your state. The count is exact.
+    Lagged(u64),
+    /// Something went wrong (for example, the connection was lost or a reconnect attempt
+    /// failed). The stream goes on; a gap is always followed by [`Event::Reconnected`].
+    Error(Error),
+}
+
+impl Event {
+    /// The notification, if this is one.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// # async fn run(subscription: pglisten::Subscription) {
+    /// let mut payloads = subscription.filter_map(|e| async move {
+    ///     e.into_notification().map(|n| n.payload().to_owned())
+    /// });
+    /// # let _ = payloads.next().await;
+    /// # }
+    /// ```
+    pub fn into_notification(self) -> Option<Notification> {
+        match self {
+            Event::Notification(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// True for [`Event::Reconnected`] and [`Event::Lagged`]: notifications may have been
+    /// missed before this point, so state derived from them must be rebuilt.
+    ///
+    /// ```
+    /// assert!(pglisten::Event::Lagged(3).is_gap());
+    /// ```
+    pub fn is_gap(&self) -> bool {
+        matches!(self, Event::Reconnected(_) | Event::Lagged(_))
+    }
+}
+
+/// A notification received from PostgreSQL.
+///
+/// Cheap to clone: every subscriber on a channel shares one copy of the strings.
+///
+/// ```
+/// # fn show(n: &pglisten::Notification) {
+/// println!("{} from backend {}: {}", n.channel(), n.process_id(), n.payload());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Notification {
+    inner: Arc<Received>,
+}
+
+/// The driver's own notification, shared: no copy of its strings is made.
+enum Received {
+    Driver(tokio_postgres::Notification),
+    /// Unit tests cannot construct the driver's type.
+    #[cfg(test)]
+    Owned {
+        channel: String,
+        payload: String,
+    },
+}
+
+impl Notification {
+    pub(crate) fn new(inner: tokio_postgres::Notification) -> Self {
+        Notification {
+            inner: Arc::new(Received::Driver(inner)),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(channel: &str, payload: &str) -> Self {
+        Notification {
+            inner: Arc::new(Received::Owned {
+                channel: channel.to_owned(),
+                payload: payload.to_owned(),
+            }),
+        }
+    }
+
+    /// The channel it was sent on, exactly as named in `NOTIFY` (case is kept).
+    ///
+    /// ```
+    /// # fn f(n: pglisten::Notification) {
+    /// if n.channel() == "orders" { /* ... */ }
+    /// # }
+    /// ```
+    pub fn channel(&self) -> &str {
+        match &*self.inner {
+            Received::Driver(n) => n.channel(),
+            #[cfg(test)]
+            Received::Owned { channel, .. } => channel,
+        }
+    }
+
+    /// The payload (empty when none was given).
+    ///
+    /// ```
+    /// # fn f(n: pglisten::Notification) {
+    /// let id: Option<i64> = n.payload().parse().ok();
+    /// # }
+    /// ```
+    pub fn payload(&self) -> &str {
+        match &*self.inner {
+            Received::Driver(n) => n.payload(),
+            #[cfg(test)]
+            Received::Owned { payload, .. } => payload,
+        }
+    }
+
+    /// The process ID of the server backend that sent it. Compare with
+    /// [`Listener::backend_pid`](crate::Listener::backend_pid) to recognise your own
+    /// notifications.
+    ///
+    /// ```
+    /// # fn f(n: pglisten::Notification, listener: pglisten::Listener) {
+    /// let mine = Some(n.process_id()) == listener.backend_pid();
+    /// # }
+    /// ```
+    pub fn process_id(&self) -> i32 {
+        match &*self.inner {
+            Received::Driver(n) => n.process_id(),
+            #[cfg(test)]
+            Received::Owned { .. } => 0,
+        }
+    }
+}
+
+impl fmt::Debug for Notification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Notification")
+            .field("channel", &self.channel())
+            .field("payload", &self.payload())
+            .field("process_id", &self.process_id())
+            .finish()
+    }
+}
+
+/// What [`Event::Reconnected`] reports about the gap that just ended.
+///
+/// ```
+/// # fn f(report: pglisten::ReconnectReport) {
+/// println!("back after {:?} and {} attempt(s)", report.downtime(), report.attempts());
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconnectReport {
+    downtime: Duration,
+    attempts: u32,
+}
+
+impl ReconnectReport {
+    pub(crate) fn new(downtime: Duration, attempts: u32) -> Self {
+        ReconnectReport { downtime, attempts }
+    }
+
+    /// How long LISTEN was not active for this subscription: from the loss of the
+    /// connection (or from the moment the subscription was made) until LISTEN was active
+    /// again.
+    ///
+    /// ```
+    /// # fn f(report: pglisten::ReconnectReport) {
+    /// if report.downtime() > std::time::Duration::from_secs(60) { /* alert */ }
+    /// # }
+    /// ```
+    pub fn downtime(&self) -> Duration {
+        self.downtime
+    }
+
+    /// How many connection attempts the gap took (at least 1).
+    ///
+    /// ```
+    /// # fn f(report: pglisten::ReconnectReport) {
+    /// assert!(report.attempts() >= 1);
+    /// # }
+    /// ```
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Combines two announcements that a lagging consumer had not read yet into one
+    /// covering both gaps.
+    pub(crate) fn merge(&mut self, later: &ReconnectReport) {
+        self.downtime += later.downtime;
+        self.attempts = self.attempts.saturating_add(later.attempts);
+    }
+}

@@ -1,0 +1,520 @@
+//! Who wants which channel, what the server listens to, and fan-out. Pure: no I/O.
+//!
+//! The registry reconciles instead of patching: it knows the channels the subscriptions
+//! want and the channels the server has confirmed, and [`Registry::plan`] returns one
+//! batch of LISTEN/UNLISTEN for the difference. After a reconnect the confirmed set is
+//! empty, so the same call re-LISTENs everything.
+//!
+//! Routing is batched: [`Registry::route`] stages each notification for its subscribers
+//! with one map lookup, and [`Registry::flush`] hands every touched mailbox its batch
+//! under one lock.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::event::{Event, Notification};
+use crate::mailbox::{Delivery, Mailbox};
+
+/// Identifies a subscription for the lifetime of its listener.
+pub(crate) type SubscriptionId = u64;
+
+/// A fast hasher for channel names. Names come from the application and from the
+/// server's echo of channels we LISTEN to, never from an adversary, so hash-flooding
+/// resistance buys nothing on the hot path.
+#[derive(Default)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &byte in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.write(&[byte]);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// One batch of statements that brings the server to the wanted set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct SyncPlan {
+    pub(crate) listen: Vec<Arc<str>>,
+    pub(crate) unlisten: Vec<Arc<str>>,
+}
+
+impl SyncPlan {
+    pub(crate) fn sql(&self) -> String {
+        crate::channel::listen_batch(
+            self.listen.iter().map(|c| &**c),
+            self.unlisten.iter().map(|c| &**c),
+        )
+    }
+}
+
+/// What a flush delivered, summed over the touched subscriptions.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlushTotals {
+    pub(crate) queued: u64,
+    pub(crate) dropped: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: SubscriptionId,
+    channels: Vec<Arc<str>>,
+    mailbox: Arc<Mailbox>,
+    /// Notifications routed to this subscription in the current batch.
+    staged: Vec<Notification>,
+    /// Set while this subscription is owed an `Event::Reconnected`: since when LISTEN
+    /// has not been active for it.
+    gap_since: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    /// Slab of subscriptions; channel entries refer to slots.
+    slots: Vec<Option<Entry>>,
+    free_slots: Vec<usize>,
+    slot_of: FastMap<SubscriptionId, usize>,
+    /// Wanted channels and the slots subscribed to each.
+    channels: FastMap<Arc<str>, Vec<usize>>,
+    /// Channels the server has confirmed LISTENing to on the current connection.
+    confirmed: HashSet<Arc<str>, BuildHasherDefault<FxHasher>>,
+    /// Slots with staged notifications.
+    touched: Vec<usize>,
+}
+
+impl Registry {
+    /// Registers a subscription. `gap_since` is set when LISTEN cannot be confirmed now
+    /// (disconnected): the subscription is then owed an `Event::Reconnected`.
+    pub(crate) fn add(
+        &mut self,
+        id: SubscriptionId,
+        channels: Vec<Arc<str>>,
+        mailbox: Arc<Mailbox>,
+        gap_since: Option<Instant>,
+    ) {
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        for channel in &channels {
+            // Reuse the registry's own copy of the name so every notification shares it.
+            let subscribers = match self.channels.get_mut(&**channel) {
+                Some(subscribers) => subscribers,
+                None => self.channels.entry(channel.clone()).or_default(),
+            };
+            subscribers.push(slot);
+        }
+        self.slot_of.insert(id, slot);
+        self.slots[slot] = Some(Entry {
+            id,
+            channels,
+            mailbox,
+            staged: Vec::new(),
+            gap_since,
+        });
+    }
+
+    /// Removes a subscription. Unknown ids are ignored (it may have been removed already).
+    pub(crate) fn remove(&mut self, id: SubscriptionId) {
+        let Some(slot) = self.slot_of.remove(&id) else {
+            return;
+        };
+        let Some(entry) = self.slots[slot].take() else {
+            return;
+        };
+        for channel in &entry.channels {
+            if let Some(subscribers) = self.channels.get_mut(&**channel) {
+                subscribers.retain(|&s| s != slot);
+                if subscribers.is_empty() {
+                    self.channels.remove(&**channel);
+                }
+            }
+        }
+        self.touched.retain(|&s| s != slot);
+        self.free_slots.push(slot);
+        entry.mailbox.close();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slot_of.len()
+    }
+
+    /// The LISTEN/UNLISTEN batch that brings the server to the wanted set, if any.
+    pub(crate) fn plan(&self) -> Option<SyncPlan> {
+        let listen: Vec<_> = self
+            .channels
+            .keys()
+            .filter(|c| !self.confirmed.contains(&***c))
+            .cloned()
+            .collect();
+        let unlisten: Vec<_> = self
+            .confirmed
+            .iter()
+            .filter(|c| !self.channels.contains_key(&***c))
+            .cloned()
+            .collect();
+        if listen.is_empty() && unlisten.is_empty() {
+            None
+        } else {
+            Some(SyncPlan { listen, unlisten })
+        }
+    }
+
+    /// The server executed `plan`.
+    pub(crate) fn confirm(&mut self, plan: &SyncPlan) {
+        for channel in &plan.unlisten {
+            self.confirmed.remove(channel);
+        }
+        for channel in &plan.listen {
+            self.confirmed.insert(channel.clone());
+        }
+    }
+
+    /// The connection is gone: the server listens to nothing for us any more, and every
+    /// subscription is owed a `Reconnected` (its gap starts `now` unless it already had
+    /// one).
+    pub(crate) fn connection_lost(&mut self, now: Instant) {
+        self.confirmed.clear();
+        for entry in self.slots.iter_mut().flatten() {
+            entry.gap_since.get_or_insert(now);
+        }
+    }
+
+    /// Channels confirmed on the current connection.
+    pub(crate) fn confirmed_count(&self) -> usize {
+        self.confirmed.len()
+    }
+
+    /// Sends `Reconnected` to every subscription owed one, with its own downtime.
+    /// Returns how many were told.
+    pub(crate) fn announce_reconnected(&mut self, now: Instant, attempts: u32) -> usize {
+        let mut told = 0;
+        for entry in self.slots.iter_mut().flatten() {
+            if let Some(since) = entry.gap_since.take() {
+                let report = crate::event::ReconnectReport::new(
+                    now.saturating_duration_since(since),
+                    attempts.max(1),
+                );
+                entry.mailbox.push_control(Event::Reconnected(report));
+                told += 1;
+            }
+        }
+        told
+    }
+
+    /// Sends `event` (an error) to every subscription.
+    pub(crate) fn broadcast(&self, event: &Event) {
+        for entry in self.slots.iter().flatten() {
+            entry.mailbox.push_control(event.clone());
+        }
+    }
+
+    /// Stages `notification` for every subscriber of its channel. Returns false when no
+    /// subscription wants it (a late arrival for a channel being UNLISTENed).
+    pub(crate) fn route(&mut self, incoming: impl Incoming) -> bool {
+        let Some(subscribers) = self.channels.get(incoming.channel()) else {
+            return false;
+        };
+        let notification = incoming.into_notification();
+        let (last, rest) = match subscribers.split_last() {
+            Some(split) => split,
+            None => return false,
+        };
+        for &slot in rest {
+            stage(
+                &mut self.slots,
+                &mut self.touched,
+                slot,
+                notification.clone(),
+            );
+        }
+        stage(&mut self.slots, &mut self.touched, *last, notification);
+        true
+    }
+
+    /// Hands every staged batch to its mailbox: one lock and at most one wake-up per
+    /// subscription. `on_lag_start` is called with the subscription id when a
+    /// subscription starts dropping.
+    pub(crate) fn flush(&mut self, mut on_lag_start: impl FnMut(SubscriptionId)) -> FlushTotals {
+        let mut totals = FlushTotals::default();
+        for slot in self.touched.drain(..) {
+            if let Some(entry) = self.slots[slot].as_mut() {
+                let Delivery {
+                    queued,
+                    dropped,
+                    lag_started,
+                } = entry.mailbox.deliver(&mut entry.staged);
+                totals.queued += queued;
+                totals.dropped += dropped;
+                if lag_started {
+                    on_lag_start(entry.id);
+                }
+            }
+        }
+        totals
+    }
+
+    /// Ends every subscription's stream (after what it has buffered).
+    pub(crate) fn close_all(&mut self) {
+        for entry in self.slots.iter().flatten() {
+            entry.mailbox.close();
+        }
+    }
+}
+
+/// A notification as it comes off the connection.
+pub(crate) trait Incoming {
+    fn channel(&self) -> &str;
+    fn into_notification(self) -> Notification;
+}
+
+impl Incoming for tokio_postgres::Notification {
+    fn channel(&self) -> &str {
+        tokio_postgres::Notification::channel(self)
+    }
+
+    fn into_notification(self) -> Notification {
+        Notification::new(self)
+    }
+}
+
+#[cfg(test)]
+impl Incoming for (&str, &str) {
+    fn channel(&self) -> &str {
+        self.0
+    }
+
+    fn into_notification(self) -> Notification {
+        Notification::for_tests(self.0, self.1)
+    }
+}
+
+fn stage(slots: &mut [Option<Entry>], touched: &mut Vec<usize>, slot: usize, n: Notification) {
+    if let Some(entry) = slots[slot].as_mut() {
+        if entry.staged.is_empty() {
+            touched.push(slot);
+        }
+        entry.staged.push(n);
+    }
+}
+
+impl Drop for Registry {
+    /// However the background task ends (even by a panic or a runtime shutdown), no
+    /// consumer is left waiting forever.
+    fn drop(&mut self) {
+        self.close_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::task::{Context, Poll, Waker};
+
+    fn names(list: &[&str]) -> Vec<Arc<str>> {
+        list.iter().map(|s| Arc::from(*s)).collect()
+    }
+
+    fn sorted(v: &[Arc<str>]) -> Vec<String> {
+        let mut out: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        out.sort();
+        out
+    }
+
+    fn drain(mailbox: &Mailbox) -> Vec<Event> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut local = VecDeque::new();
+        let mut out = Vec::new();
+        while let Poll::Ready(true) = mailbox.poll_take(&mut cx, &mut local) {
+            out.extend(local.drain(..));
+        }
+        out
+    }
+
+    fn payloads(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Notification(n) => Some(format!("{}:{}", n.channel(), n.payload())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn listen_once_per_channel_and_unlisten_after_last_drop() {
+        let mut r = Registry::default();
+        r.add(1, names(&["a", "b"]), Arc::new(Mailbox::new(8)), None);
+        r.add(2, names(&["b", "c"]), Arc::new(Mailbox::new(8)), None);
+        let plan = r.plan().unwrap();
+        assert_eq!(sorted(&plan.listen), ["a", "b", "c"]);
+        assert!(plan.unlisten.is_empty());
+        r.confirm(&plan);
+        assert_eq!(r.plan(), None);
+
+        r.remove(1);
+        let plan = r.plan().unwrap();
+        assert_eq!(sorted(&plan.unlisten), ["a"]);
+        assert!(plan.listen.is_empty());
+        r.confirm(&plan);
+        r.remove(2);
+        let plan = r.plan().unwrap();
+        assert_eq!(sorted(&plan.unlisten), ["b", "c"]);
+        r.confirm(&plan);
+        assert_eq!(r.plan(), None);
+        assert_eq!(r.confirmed_count(), 0);
+    }
+
+    #[test]
+    fn reconnect_relistens_everything_in_one_batch() {
+        let mut r = Registry::default();
+        r.add(1, names(&["a", "B"]), Arc::new(Mailbox::new(8)), None);
+        r.confirm(&r.plan().unwrap());
+        r.connection_lost(Instant::now());
+        let plan = r.plan().unwrap();
+        assert_eq!(sorted(&plan.listen), ["B", "a"]);
+        assert_eq!(plan.sql().matches("LISTEN").count(), 2);
+    }
+
+    #[test]
+    fn resubscribe_before_unlisten_lands_needs_no_statement() {
+        let mut r = Registry::default();
+        r.add(1, names(&["a"]), Arc::new(Mailbox::new(8)), None);
+        r.confirm(&r.plan().unwrap());
+        r.remove(1);
+        r.add(2, names(&["a"]), Arc::new(Mailbox::new(8)), None);
+        assert_eq!(r.plan(), None);
+    }
+
+    #[test]
+    fn fan_out_reaches_every_subscriber_of_the_channel_only() {
+        let mut r = Registry::default();
+        let (m1, m2, m3) = (
+            Arc::new(Mailbox::new(8)),
+            Arc::new(Mailbox::new(8)),
+            Arc::new(Mailbox::new(8)),
+        );
+        r.add(1, names(&["a"]), m1.clone(), None);
+        r.add(2, names(&["a", "b"]), m2.clone(), None);
+        r.add(3, names(&["c"]), m3.clone(), None);
+        assert!(r.route(("a", "1")));
+        assert!(r.route(("b", "2")));
+        assert!(!r.route(("zzz", "3")));
+        let totals = r.flush(|_| {});
+        assert_eq!(
+            totals,
+            FlushTotals {
+                queued: 3,
+                dropped: 0
+            }
+        );
+        assert_eq!(payloads(&drain(&m1)), ["a:1"]);
+        assert_eq!(payloads(&drain(&m2)), ["a:1", "b:2"]);
+        assert!(drain(&m3).is_empty());
+    }
+
+    #[test]
+    fn fan_out_shares_one_copy_of_the_strings() {
+        let mut r = Registry::default();
+        let (m1, m2) = (Arc::new(Mailbox::new(8)), Arc::new(Mailbox::new(8)));
+        r.add(1, names(&["a"]), m1.clone(), None);
+        r.add(2, names(&["a"]), m2.clone(), None);
+        r.route(("a", "payload"));
+        r.flush(|_| {});
+        let (e1, e2) = (drain(&m1), drain(&m2));
+        let (Event::Notification(n1), Event::Notification(n2)) = (&e1[0], &e2[0]) else {
+            panic!("expected notifications: {e1:?} {e2:?}");
+        };
+        assert!(std::ptr::eq(n1.payload(), n2.payload()));
+    }
+
+    #[test]
+    fn lag_start_is_reported_once_per_episode() {
+        let mut r = Registry::default();
+        let m = Arc::new(Mailbox::new(1));
+        r.add(7, names(&["a"]), m.clone(), None);
+        let mut started = Vec::new();
+        for i in 0..3 {
+            r.route(("a", i.to_string().as_str()));
+        }
+        let totals = r.flush(|id| started.push(id));
+        r.route(("a", "more"));
+        r.flush(|id| started.push(id));
+        assert_eq!(
+            totals,
+            FlushTotals {
+                queued: 1,
+                dropped: 2
+            }
+        );
+        assert_eq!(started, [7]);
+    }
+
+    #[test]
+    fn reconnected_goes_to_owed_subscriptions_only() {
+        let mut r = Registry::default();
+        let t0 = Instant::now();
+        let (m1, m2) = (Arc::new(Mailbox::new(8)), Arc::new(Mailbox::new(8)));
+        r.add(1, names(&["a"]), m1.clone(), None);
+        r.add(2, names(&["b"]), m2.clone(), Some(t0));
+        assert_eq!(r.announce_reconnected(t0, 1), 1);
+        assert!(drain(&m1).is_empty());
+        assert!(matches!(drain(&m2)[..], [Event::Reconnected(_)]));
+        // After a loss, everyone is owed one, exactly once.
+        r.connection_lost(t0);
+        assert_eq!(r.announce_reconnected(t0, 3), 2);
+        assert_eq!(r.announce_reconnected(t0, 3), 0);
+        let Event::Reconnected(report) = &drain(&m1)[0] else {
+            panic!("expected Reconnected")
+        };
+        assert_eq!(report.attempts(), 3);
+    }
+
+    #[test]
+    fn removing_a_subscription_closes_its_stream_and_frees_its_slot() {
+        let mut r = Registry::default();
+        let m = Arc::new(Mailbox::new(8));
+        r.add(1, names(&["a"]), m.clone(), None);
+        r.route(("a", "x"));
+        r.remove(1);
+        assert_eq!(r.flush(|_| {}), FlushTotals::default());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            m.poll_take(&mut cx, &mut VecDeque::new()),
+            Poll::Ready(false)
+        );
+        r.add(2, names(&["b"]), Arc::new(Mailbox::new(8)), None);
+        assert_eq!(r.slots.len(), 1, "slot reused");
+        assert_eq!(r.len(), 1);
+        r.remove(99); // unknown: ignored
+    }
+
+    #[test]
+    fn fx_hasher_distinguishes_similar_names() {
+        let hash = |s: &str| {
+            let mut h = FxHasher::default();
+            std::hash::Hash::hash(s, &mut h);
+            h.finish()
+        };
+        assert_ne!(hash("orders"), hash("Orders"));
+        assert_ne!(hash("channel_00000001"), hash("channel_00000002"));
+    }
+}

@@ -1,0 +1,136 @@
+//! [`Subscription`]: the stream of events for a set of channels.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::stream::{FusedStream, Stream};
+use tokio::sync::mpsc;
+
+use crate::event::Event;
+use crate::mailbox::Mailbox;
+use crate::registry::SubscriptionId;
+use crate::worker::Command;
+
+/// The events of the channels given to [`Listener::subscribe`](crate::Listener::subscribe):
+/// a [`Stream`] of [`Event`]s that ends only when the listener shuts down.
+///
+/// Each subscription has its own bounded queue, so a slow consumer never delays other
+/// subscriptions or the connection; when its queue overflows it yields
+/// [`Event::Lagged`] with the number dropped. Dropping the subscription unsubscribes
+/// (and UNLISTENs channels nobody else wants); it needs no runtime to do so.
+///
+/// Compose it with the usual stream combinators:
+///
+/// ```no_run
+/// use futures::StreamExt;
+///
+/// # async fn run(listener: pglisten::Listener) -> pglisten::Result<()> {
+/// let ids = listener
+///     .subscribe(["orders"])
+///     .await?
+///     .filter_map(|event| async move { event.into_notification() })
+///     .filter_map(|n| async move { n.payload().parse::<i64>().ok() });
+/// futures::pin_mut!(ids);
+/// while let Some(id) = ids.next().await {
+///     println!("order {id} changed");
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Subscription {
+    id: SubscriptionId,
+    channels: Vec<Arc<str>>,
+    mailbox: Arc<Mailbox>,
+    /// Events taken from the mailbox in one batch, not yet yielded.
+    local: VecDeque<Event>,
+    commands: mpsc::UnboundedSender<Command>,
+    terminated: bool,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        id: SubscriptionId,
+        channels: Vec<Arc<str>>,
+        mailbox: Arc<Mailbox>,
+        commands: mpsc::UnboundedSender<Command>,
+    ) -> Self {
+        Subscription {
+            id,
+            channels,
+            mailbox,
+            local: VecDeque::new(),
+            commands,
+            terminated: false,
+        }
+    }
+
+    /// The channels this subscription listens to, in the order given (without
+    /// duplicates).
+    ///
+    /// ```no_run
+    /// # async fn run(listener: pglisten::Listener) -> pglisten::Result<()> {
+    /// let events = listener.subscribe(["a", "b", "a"]).await?;
+    /// assert_eq!(events.channels().collect::<Vec<_>>(), ["a", "b"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn channels(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.channels.iter().map(|c| &**c)
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Event;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let this = self.get_mut();
+        if let Some(event) = this.local.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        if this.terminated {
+            return Poll::Ready(None);
+        }
+        match this.mailbox.poll_take(cx, &mut this.local) {
+            Poll::Ready(true) => Poll::Ready(this.local.pop_front()),
+            Poll::Ready(false) => {
+                this.terminated = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        if self.terminated {
+            (self.local.len(), Some(self.local.len()))
+        } else {
+            (self.local.len(), None)
+        }
+    }
+}
+
+impl FusedStream for Subscription {
+    fn is_terminated(&self) -> bool {
+        self.terminated && self.local.is_empty()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // A synchronous send: works without a runtime, and a closed channel (the task
+        // is gone) needs nothing more.
+        let _ = self.commands.send(Command::Unsubscribe { id: self.id });
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("channels", &self.channels)
+            .field("buffered", &self.local.len())
+            .field("terminated", &self.terminated)
+            .finish()
+    }
+}

@@ -1,0 +1,229 @@
+//! Connecting, shutting down and dropping.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use futures::stream::FusedStream;
+use pglisten::{ErrorKind, Event, Listener, Subscription};
+
+#[test]
+fn public_types_are_send_sync_unpin_and_static() {
+    fn check<T: Send + Sync + Unpin + 'static>() {}
+    check::<Listener>();
+    check::<pglisten::ListenerBuilder>();
+    check::<Subscription>();
+    check::<Event>();
+    check::<pglisten::Notification>();
+    check::<pglisten::Error>();
+    check::<pglisten::ErrorKind>();
+    check::<pglisten::ReconnectReport>();
+    check::<pglisten::Backoff>();
+    fn clone<T: Clone>() {}
+    clone::<Listener>();
+    clone::<pglisten::Error>();
+    clone::<pglisten::Notification>();
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_stream_after_its_buffered_events() {
+    let url = shared_url();
+    let listener = Listener::connect(&url).await.unwrap();
+    let channel = unique("shutdown");
+    let mut unread = listener.subscribe([&channel]).await.unwrap();
+    let mut reader = listener.subscribe([&channel]).await.unwrap();
+    for i in 0..3 {
+        listener.notify(&channel, &i.to_string()).await.unwrap();
+    }
+    for i in 0..3 {
+        assert_eq!(
+            next_notification(&mut reader).await.payload(),
+            i.to_string()
+        );
+    }
+    let pid = listener.backend_pid().expect("connected");
+    listener.shutdown().await;
+    assert!(listener.is_closed());
+    // Buffered events first, then the end.
+    for i in 0..3 {
+        assert_eq!(
+            next_notification(&mut unread).await.payload(),
+            i.to_string()
+        );
+    }
+    assert!(
+        tokio::time::timeout(WAIT, unread.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(unread.is_terminated());
+    assert!(
+        tokio::time::timeout(WAIT, reader.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Later calls fail with Closed; shutdown again returns at once.
+    let err = listener.subscribe([&channel]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed);
+    let err = listener.notify(&channel, "late").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed);
+    tokio::time::timeout(WAIT, listener.shutdown())
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, listener.clone().shutdown())
+        .await
+        .unwrap();
+    // The connection was closed.
+    let admin = admin(&url).await;
+    eventually("the listener's backend is gone", || async {
+        !backend_alive(&admin, pid).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_closes_the_backend() {
+    let url = shared_url();
+    let listener = Listener::connect(&url).await.unwrap();
+    let clone = listener.clone();
+    let channel = unique("drop");
+    let mut sub = listener.subscribe([&channel]).await.unwrap();
+    let pid = listener.backend_pid().expect("connected");
+    let admin = admin(&url).await;
+    assert!(backend_alive(&admin, pid).await);
+    drop(listener);
+    drop(clone);
+    // The subscription alone keeps the task (and its connection) working.
+    send(&admin, &channel, "still here").await;
+    assert_eq!(next_notification(&mut sub).await.payload(), "still here");
+    drop(sub);
+    eventually(
+        "the dropped listener's backend disappears from pg_stat_activity",
+        || async { !backend_alive(&admin, pid).await },
+    )
+    .await;
+}
+
+#[test]
+fn dropping_a_subscription_after_its_runtime_is_gone_does_not_panic() {
+    let url = shared_url();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (listener, sub) = runtime.block_on(async {
+        let listener = Listener::connect(&url).await.unwrap();
+        let sub = listener.subscribe([unique("orphan")]).await.unwrap();
+        (listener, sub)
+    });
+    drop(runtime);
+    drop(sub);
+    drop(listener);
+}
+
+#[test]
+fn a_subscription_ends_when_its_runtime_shuts_down() {
+    let url = shared_url();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut sub = runtime.block_on(async {
+        let listener = Listener::connect(&url).await.unwrap();
+        listener.subscribe([unique("orphan")]).await.unwrap()
+    });
+    drop(runtime);
+    // The task was dropped with its runtime: the stream ends instead of hanging.
+    let next = futures::executor::block_on(sub.next());
+    assert!(next.is_none());
+}
+
+#[tokio::test]
+async fn closed_port_fails_connect_quickly_with_a_clear_error() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let url = format!("postgres://app:hunter2@127.0.0.1:{port}/app");
+    let err = Listener::builder(&url)
+        .connect_timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(!text.contains("hunter2") && !format!("{err:?}").contains("hunter2"));
+    // Refused at once, not after the 60 s timeout or a retry loop.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_fails_connect_with_authentication_error() {
+    let cluster = blocking(|| {
+        pglisten_testkit::Cluster::builder()
+            .hba(&[
+                "local all all trust",
+                "host all postgres 127.0.0.1/32 trust",
+                "host all all 127.0.0.1/32 scram-sha-256",
+            ])
+            .init_sql("SET password_encryption = 'scram-sha-256'; CREATE ROLE app LOGIN PASSWORD 'right-pass';")
+            .start()
+    })
+    .await
+    .expect("cluster");
+    let good = cluster.url_with("app", Some("right-pass"), "postgres");
+    let listener = Listener::connect(&good)
+        .await
+        .expect("the right password works");
+    listener.shutdown().await;
+
+    let bad = cluster.url_with("app", Some("wrong-pass"), "postgres");
+    let err = Listener::builder(&bad)
+        .connect_timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Authentication, "{err}");
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(!shown.contains("wrong-pass"), "password leaked: {shown}");
+    }
+    let builder = Listener::builder(&bad);
+    assert!(!format!("{builder:?}").contains("wrong-pass"));
+}
+
+#[tokio::test]
+async fn malformed_connection_strings_are_config_errors() {
+    for bad in [
+        "postgres://app@db:notaport/app",
+        "host=db port=",
+        "sslmode=bogus host=db",
+    ] {
+        let err = Listener::connect(bad).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{bad}: {err}");
+    }
+    let err = Listener::builder("postgres://app@db/app")
+        .queue_capacity(0)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("queue_capacity"));
+}
+
+#[test]
+fn connect_lazy_outside_a_runtime_is_an_error_not_a_panic() {
+    let err = Listener::builder("postgres://app@127.0.0.1:1/app")
+        .connect_lazy()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
