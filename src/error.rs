@@ -204,10 +204,13 @@ impl Error {
 /// SQLSTATE and client-side ones by the driver's (stable) description.
 fn classify_connect(cause: &tokio_postgres::Error) -> ErrorKind {
     if let Some(db) = cause.as_db_error() {
+        // Class 28: invalid authorization. Anything else the server says while a
+        // connection is being set up (starting up, shutting down, too many connections,
+        // no such database) means this attempt could not connect.
         return if db.code().code().starts_with("28") {
             ErrorKind::Authentication
         } else {
-            ErrorKind::Database
+            ErrorKind::Connect
         };
     }
     let text = cause.to_string();

@@ -89,6 +89,7 @@
 
 mod backoff;
 mod channel;
+mod connect;
 mod error;
 mod event;
 mod listener;

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +12,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::channel::{validate_channel, validate_payload};
+use crate::connect::ConnectSpec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::mailbox::Mailbox;
 use crate::subscription::Subscription;
@@ -26,50 +26,21 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the background task needs to (re)connect. Built once by the builder.
 pub(crate) struct Settings {
-    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) spec: ConnectSpec,
     pub(crate) connect_timeout: Duration,
     pub(crate) queue_capacity: usize,
     pub(crate) backoff: Backoff,
-    /// Where we connect, for messages: hosts, ports, database and user; never secrets.
-    pub(crate) target: String,
 }
 
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
-            .field("target", &self.target)
+            .field("target", &self.spec.target())
             .field("connect_timeout", &self.connect_timeout)
             .field("queue_capacity", &self.queue_capacity)
             .field("backoff", &self.backoff)
             .finish_non_exhaustive()
     }
-}
-
-/// Describes where a config points, without its password.
-fn describe_target(pg: &tokio_postgres::Config) -> String {
-    use tokio_postgres::config::Host;
-    let ports = pg.get_ports();
-    let hosts: Vec<String> = pg
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            match host {
-                Host::Tcp(name) => format!("{name}:{port}"),
-                #[cfg(unix)]
-                Host::Unix(path) => format!("{}:{port}", path.display()),
-            }
-        })
-        .collect();
-    let hosts = if hosts.is_empty() {
-        "localhost".to_owned()
-    } else {
-        hosts.join(",")
-    };
-    let user = pg.get_user().unwrap_or("(default user)");
-    let db = pg.get_dbname().unwrap_or(user);
-    format!("{hosts}/{db} as {user}")
 }
 
 /// Configures and creates a [`Listener`].
@@ -103,8 +74,8 @@ pub struct ListenerBuilder {
 impl fmt::Debug for ListenerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The connection string may hold a password: show only what it points at.
-        let target = tokio_postgres::Config::from_str(&self.url)
-            .map(|pg| describe_target(&pg))
+        let target = ConnectSpec::parse(&self.url)
+            .map(|spec| spec.target().to_owned())
             .unwrap_or_else(|_| "(invalid connection string)".to_owned());
         f.debug_struct("ListenerBuilder")
             .field("target", &target)
@@ -168,16 +139,7 @@ impl ListenerBuilder {
     }
 
     fn into_settings(self) -> Result<Settings> {
-        let mut pg = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Config,
-                format!(
-                    "invalid connection string ({e}): expected a URL like \
-                     postgres://user@host/db or key=value pairs like \"host=db user=app\""
-                ),
-                e,
-            )
-        })?;
+        let spec = ConnectSpec::parse(&self.url)?;
         if self.queue_capacity == 0 {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -190,12 +152,8 @@ impl ListenerBuilder {
                 "connect_timeout must be greater than zero",
             ));
         }
-        if pg.get_application_name().is_none() {
-            pg.application_name("pglisten");
-        }
         Ok(Settings {
-            target: describe_target(&pg),
-            pg,
+            spec,
             connect_timeout: self.connect_timeout,
             queue_capacity: self.queue_capacity,
             backoff: self.backoff,
@@ -318,14 +276,14 @@ impl Listener {
     fn spawn(settings: Arc<Settings>, first: Option<crate::worker::Session>) -> Listener {
         let (commands, receiver) = mpsc::unbounded_channel();
         let status = Arc::new(Status::default());
-        let span = tracing::info_span!("pglisten", target = %settings.target);
+        let span = tracing::info_span!("pglisten", target = settings.spec.target());
         let inner = Arc::new(Inner {
             commands,
             status: status.clone(),
             next_id: AtomicU64::new(1),
             queue_capacity: settings.queue_capacity,
             closed: AtomicBool::new(false),
-            target: settings.target.clone(),
+            target: settings.spec.target().to_owned(),
         });
         let worker = Worker::new(settings, receiver, status);
         tokio::spawn(worker.run(first).instrument(span));

@@ -22,12 +22,13 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 use tracing::{debug, info, warn};
 
 use crate::backoff::{BackoffSchedule, random_seed};
+use crate::connect::{Established, MessageStream, drive};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::listener::Settings;
@@ -65,8 +66,6 @@ pub(crate) struct Status {
     pub(crate) backend_pid: AtomicI32,
 }
 
-type MessageStream =
-    Pin<Box<dyn Stream<Item = Result<AsyncMessage, tokio_postgres::Error>> + Send>>;
 type Query = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
 type Ack = oneshot::Sender<Result<()>>;
 
@@ -80,19 +79,12 @@ pub(crate) struct Session {
 /// Connects, authenticates and learns the backend's process ID, all within the connect
 /// timeout.
 pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
+    let target = settings.spec.target();
     let attempt = async {
-        let (client, connection) =
-            settings
-                .pg
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| {
-                    Error::connect_failed(&format!("could not connect to {}", settings.target), e)
-                })?;
-        let mut connection = connection;
-        let mut messages: MessageStream = Box::pin(futures::stream::poll_fn(move |cx| {
-            connection.poll_message(cx)
-        }));
+        let Established {
+            client,
+            mut messages,
+        } = settings.spec.connect().await?;
         let client = Arc::new(client);
         let rows = drive(
             &mut messages,
@@ -100,10 +92,7 @@ pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
         )
         .await
         .map_err(|e| {
-            Error::connect_failed(
-                &format!("could not set up the connection to {}", settings.target),
-                e,
-            )
+            Error::connect_failed(&format!("could not set up the connection to {target}"), e)
         })?;
         let backend_pid = rows
             .iter()
@@ -123,35 +112,12 @@ pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,
             format!(
-                "connecting to {} took longer than the connect timeout of {:?}; check that the \
-                 server is reachable, or raise ListenerBuilder::connect_timeout",
-                settings.target, settings.connect_timeout
+                "connecting to {target} took longer than the connect timeout of {:?}; check \
+                 that the server is reachable, or raise ListenerBuilder::connect_timeout",
+                settings.connect_timeout
             ),
         )),
     }
-}
-
-/// Runs `query` while polling the connection that does its I/O.
-async fn drive<T>(
-    messages: &mut MessageStream,
-    query: impl Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, tokio_postgres::Error> {
-    let mut query = std::pin::pin!(query);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = query.as_mut().poll(cx) {
-            return Poll::Ready(result);
-        }
-        loop {
-            match messages.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(_))) => continue,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                // The query's own future reports the closed connection.
-                Poll::Ready(None) => return query.as_mut().poll(cx),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    })
-    .await
 }
 
 /// The in-flight LISTEN/UNLISTEN batch.
@@ -532,7 +498,7 @@ impl Worker {
                     }
                 }
             }
-            debug!(attempt, target = %settings.target, "connecting");
+            debug!(attempt, target = settings.spec.target(), "connecting");
             let connecting = open_session(&settings);
             tokio::pin!(connecting);
             let result = loop {
