@@ -48,10 +48,13 @@ impl Event {
     /// ```
     /// use futures::StreamExt;
     /// # async fn run(subscription: pglisten::Subscription) {
-    /// let mut payloads = subscription.filter_map(|e| async move {
+    /// let payloads = subscription.filter_map(|e| async move {
     ///     e.into_notification().map(|n| n.payload().to_owned())
     /// });
-    /// # let _ = payloads.next().await;
+    /// futures::pin_mut!(payloads);
+    /// while let Some(payload) = payloads.next().await {
+    ///     println!("{payload}");
+    /// }
     /// # }
     /// ```
     pub fn into_notification(self) -> Option<Notification> {

@@ -107,6 +107,11 @@ pub use listener::{
 };
 pub use subscription::Subscription;
 
+/// The README's code, compiled and checked as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// The driver pglisten is built on, re-exported so that you name the exact version its
 /// types (such as the clients accepted by [`notify`]) come from.
 pub use tokio_postgres;
