@@ -11,7 +11,13 @@ use std::time::Duration;
 /// reconnect in lockstep. The schedule starts over only after a connection was
 /// established *and* LISTEN was active again.
 ///
-/// Defaults: `initial` 100 ms, `max` 10 s.
+/// By default the listener never gives up. With [`max_attempts`](Backoff::max_attempts)
+/// or [`give_up_after`](Backoff::give_up_after) it stops after that many failed attempts
+/// or that long without a connection: every subscription then receives a final
+/// [`Event::Error`](crate::Event::Error) of kind [`ErrorKind::Closed`](crate::ErrorKind::Closed)
+/// and ends.
+///
+/// Defaults: `initial` 100 ms, `max` 10 s, never give up.
 ///
 /// ```
 /// use std::time::Duration;
@@ -27,6 +33,8 @@ use std::time::Duration;
 pub struct Backoff {
     initial: Duration,
     max: Duration,
+    max_attempts: Option<u32>,
+    give_up_after: Option<Duration>,
 }
 
 impl Default for Backoff {
@@ -34,6 +42,8 @@ impl Default for Backoff {
         Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(10),
+            max_attempts: None,
+            give_up_after: None,
         }
     }
 }
@@ -73,6 +83,51 @@ impl Backoff {
     pub fn max(mut self, delay: Duration) -> Self {
         self.max = delay;
         self
+    }
+
+    /// Gives up after `attempts` failed connection attempts in a row (at least 1).
+    ///
+    /// ```
+    /// let b = pglisten::Backoff::new().max_attempts(20);
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts.max(1));
+        self
+    }
+
+    /// Gives up once the listener has been without a working connection for `limit`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let b = pglisten::Backoff::new().give_up_after(Duration::from_secs(300));
+    /// # let _ = b;
+    /// ```
+    #[must_use]
+    pub fn give_up_after(mut self, limit: Duration) -> Self {
+        self.give_up_after = Some(limit);
+        self
+    }
+
+    /// Whether to stop trying, after `failed` attempts and `outage` without a connection.
+    /// Returns a description of the limit reached.
+    pub(crate) fn gives_up(&self, failed: u32, outage: Duration) -> Option<String> {
+        if let Some(max) = self.max_attempts
+            && failed >= max
+        {
+            return Some(format!(
+                "{failed} failed connection attempts (max_attempts {max})"
+            ));
+        }
+        if let Some(limit) = self.give_up_after
+            && outage >= limit
+        {
+            return Some(format!(
+                "{outage:?} without a connection (give_up_after {limit:?})"
+            ));
+        }
+        None
     }
 
     /// The configured first delay bound.
@@ -255,6 +310,32 @@ mod tests {
         s.reset();
         assert_eq!(s.attempts(), 0);
         assert_eq!(s.next_delay(), Duration::ZERO);
+    }
+
+    #[test]
+    fn never_gives_up_by_default() {
+        let b = Backoff::new();
+        assert_eq!(b.gives_up(u32::MAX, Duration::MAX), None);
+    }
+
+    #[test]
+    fn gives_up_at_the_configured_limits() {
+        let b = Backoff::new().max_attempts(3);
+        assert_eq!(b.gives_up(2, Duration::ZERO), None);
+        assert!(b.gives_up(3, Duration::ZERO).unwrap().contains("3 failed"));
+        let b = Backoff::new().give_up_after(Duration::from_secs(5));
+        assert_eq!(b.gives_up(100, Duration::from_secs(4)), None);
+        assert!(b.gives_up(1, Duration::from_secs(5)).is_some());
+        assert_eq!(
+            Backoff::new().max_attempts(0).gives_up(0, Duration::ZERO),
+            None
+        );
+        assert!(
+            Backoff::new()
+                .max_attempts(0)
+                .gives_up(1, Duration::ZERO)
+                .is_some()
+        );
     }
 
     #[test]

@@ -53,6 +53,28 @@ impl ConnectSpec {
         })
     }
 
+    /// Sets TCP keepalives and `TCP_USER_TIMEOUT` to agree with the heartbeat, unless
+    /// the connection string chose its own.
+    pub(crate) fn set_tcp_keepalive(&mut self, keepalive: crate::heartbeat::TcpKeepalive) {
+        const DRIVER_DEFAULT_IDLE: std::time::Duration =
+            std::time::Duration::from_secs(2 * 60 * 60);
+        if !self.pg.get_keepalives() {
+            return; // keepalives=0 in the connection string
+        }
+        if self.pg.get_keepalives_idle() == DRIVER_DEFAULT_IDLE {
+            self.pg.keepalives_idle(keepalive.idle);
+        }
+        if self.pg.get_keepalives_interval().is_none() {
+            self.pg.keepalives_interval(keepalive.interval);
+        }
+        if self.pg.get_keepalives_retries().is_none() {
+            self.pg.keepalives_retries(keepalive.retries);
+        }
+        if self.pg.get_tcp_user_timeout().is_none() {
+            self.pg.tcp_user_timeout(keepalive.user_timeout);
+        }
+    }
+
     /// Where this connects, for messages: hosts, ports, database and user; no secrets.
     pub(crate) fn target(&self) -> &str {
         &self.target
@@ -131,6 +153,27 @@ mod tests {
         assert_eq!(spec.target(), "db.example.com:6543/orders as app");
         let spec = ConnectSpec::parse("host=a,b port=1,2 user=u password=s3cret").unwrap();
         assert_eq!(spec.target(), "a:1,b:2/u as u");
+    }
+
+    #[test]
+    fn keepalive_follows_the_heartbeat_unless_the_string_sets_its_own() {
+        use std::time::Duration;
+        let keepalive = crate::heartbeat::HeartbeatConfig::default().tcp_keepalive();
+        let mut spec = ConnectSpec::parse("host=db user=u").unwrap();
+        spec.set_tcp_keepalive(keepalive);
+        assert_eq!(spec.pg.get_keepalives_idle(), keepalive.idle);
+        assert_eq!(
+            spec.pg.get_tcp_user_timeout(),
+            Some(&keepalive.user_timeout)
+        );
+        let mut spec =
+            ConnectSpec::parse("host=db user=u keepalives_idle=30 tcp_user_timeout=9").unwrap();
+        spec.set_tcp_keepalive(keepalive);
+        assert_eq!(spec.pg.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(
+            spec.pg.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(9))
+        );
     }
 
     #[test]

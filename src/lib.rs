@@ -92,9 +92,12 @@ mod channel;
 mod connect;
 mod error;
 mod event;
+mod heartbeat;
 mod listener;
 mod mailbox;
 mod registry;
+mod session;
+mod stats;
 mod subscription;
 mod worker;
 
@@ -102,9 +105,11 @@ pub use backoff::Backoff;
 pub use channel::{MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, Notification, ReconnectReport};
+pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, QUEUE_USAGE_WARNING};
 pub use listener::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY, Listener, ListenerBuilder, notify,
 };
+pub use stats::{ListenerState, Stats};
 pub use subscription::Subscription;
 
 /// The README's code, compiled and checked as doc tests.

@@ -14,9 +14,12 @@ use crate::backoff::Backoff;
 use crate::channel::{validate_channel, validate_payload};
 use crate::connect::ConnectSpec;
 use crate::error::{Error, ErrorKind, Result};
+use crate::heartbeat::HeartbeatConfig;
 use crate::mailbox::Mailbox;
+use crate::session::open_session;
+use crate::stats::{Stats, Status};
 use crate::subscription::Subscription;
-use crate::worker::{Command, Status, Worker, open_session};
+use crate::worker::{Command, Worker};
 
 /// Default capacity of each subscription's queue, in notifications.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -30,6 +33,7 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) queue_capacity: usize,
     pub(crate) backoff: Backoff,
+    pub(crate) heartbeat: HeartbeatConfig,
 }
 
 impl fmt::Debug for Settings {
@@ -39,6 +43,7 @@ impl fmt::Debug for Settings {
             .field("connect_timeout", &self.connect_timeout)
             .field("queue_capacity", &self.queue_capacity)
             .field("backoff", &self.backoff)
+            .field("heartbeat", &self.heartbeat)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +74,7 @@ pub struct ListenerBuilder {
     queue_capacity: usize,
     backoff: Backoff,
     connect_timeout: Duration,
+    heartbeat: HeartbeatConfig,
 }
 
 impl fmt::Debug for ListenerBuilder {
@@ -82,6 +88,7 @@ impl fmt::Debug for ListenerBuilder {
             .field("queue_capacity", &self.queue_capacity)
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
+            .field("heartbeat", &self.heartbeat)
             .finish()
     }
 }
@@ -93,6 +100,7 @@ impl ListenerBuilder {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             backoff: Backoff::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            heartbeat: HeartbeatConfig::default(),
         }
     }
 
@@ -138,12 +146,44 @@ impl ListenerBuilder {
         self
     }
 
+    /// How often the listener checks its connection, and how long a check may take
+    /// before the connection is declared dead. Defaults:
+    /// [`DEFAULT_HEARTBEAT_INTERVAL`](crate::DEFAULT_HEARTBEAT_INTERVAL) (10 s) and
+    /// [`DEFAULT_HEARTBEAT_TIMEOUT`](crate::DEFAULT_HEARTBEAT_TIMEOUT) (5 s).
+    ///
+    /// A connection that silently stops carrying bytes (a NAT or proxy dropped it, a
+    /// failover moved the address) is declared lost within `interval + timeout`: every
+    /// subscription gets [`Event::Error`](crate::Event::Error) of kind
+    /// [`ErrorKind::Timeout`], and the listener reconnects. Each check also confirms
+    /// with `pg_listening_channels()` that the server still listens to every channel;
+    /// a lost registration is repaired and announced as a gap
+    /// ([`Event::Reconnected`](crate::Event::Reconnected)). TCP keepalives and
+    /// `TCP_USER_TIMEOUT` on the listener's socket are set to agree with these values.
+    /// Both must be greater than zero.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = pglisten::Listener::builder("postgres://app@db/app")
+    ///     .heartbeat(Duration::from_secs(5), Duration::from_secs(3));
+    /// # let _ = builder;
+    /// ```
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat = HeartbeatConfig { interval, timeout };
+        self
+    }
+
     fn into_settings(self) -> Result<Settings> {
-        let spec = ConnectSpec::parse(&self.url)?;
+        let mut spec = ConnectSpec::parse(&self.url)?;
         if self.queue_capacity == 0 {
             return Err(Error::new(
                 ErrorKind::Config,
                 "queue_capacity must be at least 1",
+            ));
+        }
+        if self.heartbeat.interval.is_zero() || self.heartbeat.timeout.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "heartbeat interval and timeout must both be greater than zero",
             ));
         }
         if self.connect_timeout.is_zero() {
@@ -152,11 +192,13 @@ impl ListenerBuilder {
                 "connect_timeout must be greater than zero",
             ));
         }
+        spec.set_tcp_keepalive(self.heartbeat.tcp_keepalive());
         Ok(Settings {
             spec,
             connect_timeout: self.connect_timeout,
             queue_capacity: self.queue_capacity,
             backoff: self.backoff,
+            heartbeat: self.heartbeat,
         })
     }
 
@@ -273,7 +315,7 @@ impl Listener {
         ListenerBuilder::new(url)
     }
 
-    fn spawn(settings: Arc<Settings>, first: Option<crate::worker::Session>) -> Listener {
+    fn spawn(settings: Arc<Settings>, first: Option<crate::session::Session>) -> Listener {
         let (commands, receiver) = mpsc::unbounded_channel();
         let status = Arc::new(Status::default());
         let span = tracing::info_span!("pglisten", target = settings.spec.target());
@@ -446,10 +488,44 @@ impl Listener {
     /// # }
     /// ```
     pub fn backend_pid(&self) -> Option<i32> {
-        match self.inner.status.backend_pid.load(Ordering::Relaxed) {
-            0 => None,
-            pid => Some(pid),
-        }
+        self.inner.status.backend_pid()
+    }
+
+    /// Counters and gauges of this listener: what it received, delivered and dropped,
+    /// its reconnects, its state, its last heartbeat, and how full the server's
+    /// notification queue is. Cheap: reads shared counters, asks nothing of the task.
+    ///
+    /// ```no_run
+    /// # fn f(listener: pglisten::Listener) {
+    /// let stats = listener.stats();
+    /// println!("{:?}, {} reconnects", stats.state, stats.reconnects);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.inner.status.snapshot()
+    }
+
+    /// Drops the current connection and connects again at once (also cutting short a
+    /// backoff delay while disconnected). Subscriptions see it like any loss:
+    /// [`Event::Error`](crate::Event::Error), then [`Event::Reconnected`](crate::Event::Reconnected)
+    /// once LISTEN is active again. Useful for operators (after a failover, say) and
+    /// for tests.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] after shutdown.
+    ///
+    /// ```no_run
+    /// # fn f(listener: pglisten::Listener) -> pglisten::Result<()> {
+    /// listener.reconnect()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn reconnect(&self) -> Result<()> {
+        self.check_open()?;
+        self.inner
+            .commands
+            .send(Command::Reconnect)
+            .map_err(|_| Error::closed())
     }
 
     /// Asks the server which channels this listener's session is listening to
@@ -517,5 +593,5 @@ where
         )
         .await
         .map(|_| ())
-        .map_err(crate::worker::notify_failed)
+        .map_err(crate::session::notify_failed)
 }

@@ -32,6 +32,9 @@ pub(crate) struct Delivery {
     pub(crate) dropped: u64,
     /// This delivery dropped the first notification since the consumer last caught up.
     pub(crate) lag_started: bool,
+    /// This delivery queued a notification again after an episode of drops: the
+    /// number dropped in the whole episode.
+    pub(crate) lag_ended: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -50,6 +53,8 @@ struct State {
     capacity: usize,
     /// Dropped since the last `Lagged` was queued or taken.
     dropped: u64,
+    /// Dropped since the current lag episode began (0: not lagging).
+    episode: u64,
     waker: Option<Waker>,
     closed: bool,
 }
@@ -63,6 +68,7 @@ impl Mailbox {
                 outstanding: 0,
                 capacity,
                 dropped: 0,
+                episode: 0,
                 waker: None,
                 closed: false,
             }),
@@ -88,12 +94,16 @@ impl Mailbox {
             }
             for notification in batch.drain(..) {
                 if state.queued + state.outstanding >= state.capacity {
-                    if state.dropped == 0 {
+                    if state.episode == 0 {
                         delivery.lag_started = true;
                     }
                     state.dropped += 1;
+                    state.episode += 1;
                     delivery.dropped += 1;
                 } else {
+                    if state.episode > 0 {
+                        delivery.lag_ended = Some(std::mem::take(&mut state.episode));
+                    }
                     state.flush_lag();
                     state.queue.push_back(Event::Notification(notification));
                     state.queued += 1;
@@ -323,9 +333,12 @@ mod tests {
         assert_eq!((d.queued, d.dropped, d.lag_started), (2, 3, true));
         let (events, _) = drain(&m);
         assert_eq!(events, ["a", "b", "lagged 3"]);
-        // After catching up, new items flow and no stale lag remains.
-        m.deliver(&mut batch(&["f"]));
+        // After catching up, new items flow, no stale lag remains, and the episode
+        // is reported as over, once.
+        let d = m.deliver(&mut batch(&["f"]));
+        assert_eq!((d.lag_started, d.lag_ended), (false, Some(3)));
         assert_eq!(drain(&m).0, ["f"]);
+        assert_eq!(m.deliver(&mut batch(&["g"])).lag_ended, None);
     }
 
     #[test]

@@ -66,11 +66,37 @@ impl SyncPlan {
     }
 }
 
+/// A subscription's lag episode began (its queue overflowed) or ended (it accepted a
+/// notification again, after dropping this many).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LagChange {
+    Started,
+    Ended(u64),
+}
+
 /// What a flush delivered, summed over the touched subscriptions.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FlushTotals {
     pub(crate) queued: u64,
     pub(crate) dropped: u64,
+}
+
+impl FlushTotals {
+    fn add(
+        &mut self,
+        id: SubscriptionId,
+        delivery: Delivery,
+        on_lag: &mut impl FnMut(SubscriptionId, LagChange),
+    ) {
+        self.queued += delivery.queued;
+        self.dropped += delivery.dropped;
+        if delivery.lag_started {
+            on_lag(id, LagChange::Started);
+        }
+        if let Some(dropped) = delivery.lag_ended {
+            on_lag(id, LagChange::Ended(dropped));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -83,6 +109,9 @@ struct Entry {
     /// Set while this subscription is owed an `Event::Reconnected`: since when LISTEN
     /// has not been active for it.
     gap_since: Option<Instant>,
+    /// Notifications that arrived while `gap_since` was set: released right after the
+    /// `Reconnected`, which must come first.
+    held: Vec<Notification>,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +157,7 @@ impl Registry {
             mailbox,
             staged: Vec::new(),
             gap_since,
+            held: Vec::new(),
         });
     }
 
@@ -194,7 +224,36 @@ impl Registry {
         self.confirmed.clear();
         for entry in self.slots.iter_mut().flatten() {
             entry.gap_since.get_or_insert(now);
+            // Not yet announced, and inside the gap that will be: at-most-once.
+            entry.held.clear();
         }
+    }
+
+    /// The server stopped listening to `missing` behind our back (found by a heartbeat):
+    /// forget them as confirmed, so the next plan LISTENs them again, and owe every
+    /// subscription that wants one of them a `Reconnected`. Returns how many are owed.
+    pub(crate) fn mark_gap(&mut self, missing: &[Arc<str>], since: Instant) -> usize {
+        for channel in missing {
+            self.confirmed.remove(channel);
+        }
+        let mut owed = 0;
+        for entry in self.slots.iter_mut().flatten() {
+            if entry.channels.iter().any(|c| missing.contains(c)) {
+                entry.gap_since.get_or_insert(since);
+                owed += 1;
+            }
+        }
+        owed
+    }
+
+    /// Channels confirmed on the current connection (for comparing with the server).
+    pub(crate) fn confirmed(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.confirmed.iter()
+    }
+
+    /// True when some subscription is owed a `Reconnected`.
+    pub(crate) fn owes_reconnected(&self) -> bool {
+        self.slots.iter().flatten().any(|e| e.gap_since.is_some())
     }
 
     /// Channels confirmed on the current connection.
@@ -202,10 +261,20 @@ impl Registry {
         self.confirmed.len()
     }
 
-    /// Sends `Reconnected` to every subscription owed one, with its own downtime.
-    /// Returns how many were told.
-    pub(crate) fn announce_reconnected(&mut self, now: Instant, attempts: u32) -> usize {
+    /// Sends `Reconnected` to every subscription owed one, with its own downtime, then
+    /// releases the notifications held back for it. Call only when [`plan`] is `None`:
+    /// LISTEN must be active for every wanted channel. Returns how many were told, and
+    /// what the release delivered.
+    ///
+    /// [`plan`]: Registry::plan
+    pub(crate) fn announce_reconnected(
+        &mut self,
+        now: Instant,
+        attempts: u32,
+        mut on_lag: impl FnMut(SubscriptionId, LagChange),
+    ) -> (usize, FlushTotals) {
         let mut told = 0;
+        let mut totals = FlushTotals::default();
         for entry in self.slots.iter_mut().flatten() {
             if let Some(since) = entry.gap_since.take() {
                 let report = crate::event::ReconnectReport::new(
@@ -214,9 +283,13 @@ impl Registry {
                 );
                 entry.mailbox.push_control(Event::Reconnected(report));
                 told += 1;
+                if !entry.held.is_empty() {
+                    let delivery = entry.mailbox.deliver(&mut entry.held);
+                    totals.add(entry.id, delivery, &mut on_lag);
+                }
             }
         }
-        told
+        (told, totals)
     }
 
     /// Sends `event` (an error) to every subscription.
@@ -250,22 +323,16 @@ impl Registry {
     }
 
     /// Hands every staged batch to its mailbox: one lock and at most one wake-up per
-    /// subscription. `on_lag_start` is called with the subscription id when a
-    /// subscription starts dropping.
-    pub(crate) fn flush(&mut self, mut on_lag_start: impl FnMut(SubscriptionId)) -> FlushTotals {
+    /// subscription. `on_lag` hears of lag episodes starting and ending.
+    pub(crate) fn flush(
+        &mut self,
+        mut on_lag: impl FnMut(SubscriptionId, LagChange),
+    ) -> FlushTotals {
         let mut totals = FlushTotals::default();
         for slot in self.touched.drain(..) {
             if let Some(entry) = self.slots[slot].as_mut() {
-                let Delivery {
-                    queued,
-                    dropped,
-                    lag_started,
-                } = entry.mailbox.deliver(&mut entry.staged);
-                totals.queued += queued;
-                totals.dropped += dropped;
-                if lag_started {
-                    on_lag_start(entry.id);
-                }
+                let delivery = entry.mailbox.deliver(&mut entry.staged);
+                totals.add(entry.id, delivery, &mut on_lag);
             }
         }
         totals
@@ -308,6 +375,11 @@ impl Incoming for (&str, &str) {
 
 fn stage(slots: &mut [Option<Entry>], touched: &mut Vec<usize>, slot: usize, n: Notification) {
     if let Some(entry) = slots[slot].as_mut() {
+        if entry.gap_since.is_some() {
+            // Owed a Reconnected: that must come first.
+            entry.held.push(n);
+            return;
+        }
         if entry.staged.is_empty() {
             touched.push(slot);
         }
@@ -418,7 +490,7 @@ mod tests {
         assert!(r.route(("a", "1")));
         assert!(r.route(("b", "2")));
         assert!(!r.route(("zzz", "3")));
-        let totals = r.flush(|_| {});
+        let totals = r.flush(|_, _| {});
         assert_eq!(
             totals,
             FlushTotals {
@@ -438,7 +510,7 @@ mod tests {
         r.add(1, names(&["a"]), m1.clone(), None);
         r.add(2, names(&["a"]), m2.clone(), None);
         r.route(("a", "payload"));
-        r.flush(|_| {});
+        r.flush(|_, _| {});
         let (e1, e2) = (drain(&m1), drain(&m2));
         let (Event::Notification(n1), Event::Notification(n2)) = (&e1[0], &e2[0]) else {
             panic!("expected notifications: {e1:?} {e2:?}");
@@ -447,17 +519,15 @@ mod tests {
     }
 
     #[test]
-    fn lag_start_is_reported_once_per_episode() {
+    fn lag_episodes_are_reported_once_when_they_start_and_end() {
         let mut r = Registry::default();
         let m = Arc::new(Mailbox::new(1));
         r.add(7, names(&["a"]), m.clone(), None);
-        let mut started = Vec::new();
+        let mut changes = Vec::new();
         for i in 0..3 {
             r.route(("a", i.to_string().as_str()));
         }
-        let totals = r.flush(|id| started.push(id));
-        r.route(("a", "more"));
-        r.flush(|id| started.push(id));
+        let totals = r.flush(|id, change| changes.push((id, change)));
         assert_eq!(
             totals,
             FlushTotals {
@@ -465,7 +535,13 @@ mod tests {
                 dropped: 2
             }
         );
-        assert_eq!(started, [7]);
+        r.route(("a", "more"));
+        r.flush(|id, change| changes.push((id, change)));
+        assert_eq!(changes, [(7, LagChange::Started)]);
+        drain(&m); // the consumer catches up
+        r.route(("a", "fits again"));
+        r.flush(|id, change| changes.push((id, change)));
+        assert_eq!(changes, [(7, LagChange::Started), (7, LagChange::Ended(3))]);
     }
 
     #[test]
@@ -475,17 +551,66 @@ mod tests {
         let (m1, m2) = (Arc::new(Mailbox::new(8)), Arc::new(Mailbox::new(8)));
         r.add(1, names(&["a"]), m1.clone(), None);
         r.add(2, names(&["b"]), m2.clone(), Some(t0));
-        assert_eq!(r.announce_reconnected(t0, 1), 1);
+        assert_eq!(r.announce_reconnected(t0, 1, |_, _| {}).0, 1);
         assert!(drain(&m1).is_empty());
         assert!(matches!(drain(&m2)[..], [Event::Reconnected(_)]));
         // After a loss, everyone is owed one, exactly once.
         r.connection_lost(t0);
-        assert_eq!(r.announce_reconnected(t0, 3), 2);
-        assert_eq!(r.announce_reconnected(t0, 3), 0);
+        assert_eq!(r.announce_reconnected(t0, 3, |_, _| {}).0, 2);
+        assert_eq!(r.announce_reconnected(t0, 3, |_, _| {}).0, 0);
         let Event::Reconnected(report) = &drain(&m1)[0] else {
             panic!("expected Reconnected")
         };
         assert_eq!(report.attempts(), 3);
+    }
+
+    #[test]
+    fn notifications_for_a_subscription_owed_reconnected_wait_behind_it() {
+        let mut r = Registry::default();
+        let t0 = Instant::now();
+        let (owed, fine) = (Arc::new(Mailbox::new(8)), Arc::new(Mailbox::new(8)));
+        r.add(1, names(&["a"]), owed.clone(), Some(t0));
+        r.add(2, names(&["a"]), fine.clone(), None);
+        r.route(("a", "early"));
+        r.flush(|_, _| {});
+        assert!(drain(&owed).is_empty(), "held back until Reconnected");
+        assert_eq!(payloads(&drain(&fine)), ["a:early"]);
+        let (told, totals) = r.announce_reconnected(t0, 1, |_, _| {});
+        assert_eq!((told, totals.queued), (1, 1));
+        let events = drain(&owed);
+        assert!(matches!(events[0], Event::Reconnected(_)), "{events:?}");
+        assert_eq!(payloads(&events), ["a:early"]);
+    }
+
+    #[test]
+    fn held_notifications_are_dropped_with_a_new_loss() {
+        let mut r = Registry::default();
+        let t0 = Instant::now();
+        let m = Arc::new(Mailbox::new(8));
+        r.add(1, names(&["a"]), m.clone(), Some(t0));
+        r.route(("a", "inside the gap"));
+        r.connection_lost(t0);
+        r.announce_reconnected(t0, 2, |_, _| {});
+        let events = drain(&m);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(matches!(events[0], Event::Reconnected(_)));
+    }
+
+    #[test]
+    fn a_channel_dropped_behind_our_back_is_relistened_and_its_subscribers_owed() {
+        let mut r = Registry::default();
+        let t0 = Instant::now();
+        r.add(1, names(&["a", "b"]), Arc::new(Mailbox::new(8)), None);
+        r.add(2, names(&["b"]), Arc::new(Mailbox::new(8)), None);
+        r.add(3, names(&["c"]), Arc::new(Mailbox::new(8)), None);
+        r.confirm(&r.plan().unwrap());
+        assert!(r.plan().is_none() && !r.owes_reconnected());
+        assert_eq!(r.mark_gap(&names(&["a"]), t0), 1);
+        assert!(r.plan().is_some() && r.owes_reconnected());
+        let plan = r.plan().unwrap();
+        assert_eq!(sorted(&plan.listen), ["a"]);
+        r.confirm(&plan);
+        assert_eq!(r.announce_reconnected(t0, 1, |_, _| {}).0, 1);
     }
 
     #[test]
@@ -495,7 +620,7 @@ mod tests {
         r.add(1, names(&["a"]), m.clone(), None);
         r.route(("a", "x"));
         r.remove(1);
-        assert_eq!(r.flush(|_| {}), FlushTotals::default());
+        assert_eq!(r.flush(|_, _| {}), FlushTotals::default());
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(
             m.poll_take(&mut cx, &mut VecDeque::new()),

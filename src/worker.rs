@@ -2,38 +2,40 @@
 //!
 //! ```text
 //! Connecting --ok--> Syncing (LISTEN every wanted channel) --ok--> Listening
-//!     ^  |err                |err                                     | lost
-//!     |  v                   v                                        v
-//!     +--- BackingOff (jittered exponential, interruptible) <---------+
+//!     ^  |err                |err                        lost / heartbeat timeout |
+//!     |  v                   v                                                    v
+//!     +--- BackingOff (jittered exponential, interruptible) <---------------------+
 //! ```
 //!
 //! While connected, one hand-written poll function drives everything: commands, the
-//! in-flight LISTEN/UNLISTEN batch, in-flight NOTIFYs and the connection itself. Queries
-//! are stored futures polled beside the connection, never awaited on their own: the
-//! connection does the I/O for every query, so awaiting one without polling it would
-//! deadlock. The connection is read through `poll_message` (awaiting `Connection` as a
-//! future would discard notifications), and every message it has ready is drained into
-//! one batch before the subscriptions are handed their share.
+//! in-flight LISTEN/UNLISTEN batch, requests (notify, ...), the heartbeat and the
+//! connection itself. Queries are stored futures polled beside the connection, never
+//! awaited on their own: the connection does the I/O for every query, so awaiting one
+//! without polling it would deadlock. The connection is read through `poll_message`
+//! (awaiting `Connection` as a future would discard notifications), and every message it
+//! has ready is drained into one batch before the subscriptions are handed their share.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
+use tokio::time::Sleep;
+use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
 use tracing::{debug, info, warn};
 
 use crate::backoff::{BackoffSchedule, random_seed};
-use crate::connect::{Established, MessageStream, drive};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
+use crate::heartbeat::{self, AlarmChange, QueueUsageAlarm};
 use crate::listener::Settings;
 use crate::mailbox::Mailbox;
-use crate::registry::{Registry, SubscriptionId, SyncPlan};
+use crate::registry::{FlushTotals, LagChange, Registry, SubscriptionId, SyncPlan};
+use crate::session::{self, Session, close_gracefully, not_connected, open_session};
+use crate::stats::{ListenerState, Status};
 
 /// A request from a [`Listener`](crate::Listener) or [`Subscription`](crate::Subscription).
 pub(crate) enum Command {
@@ -54,94 +56,51 @@ pub(crate) enum Command {
     ListeningChannels {
         reply: oneshot::Sender<Result<Vec<String>>>,
     },
+    /// Drop the connection and connect again (or skip the current backoff delay).
+    Reconnect,
     Shutdown {
         done: oneshot::Sender<()>,
     },
 }
 
-/// What the handles can read about the task without asking it.
-#[derive(Debug, Default)]
-pub(crate) struct Status {
-    /// The server process ID of the current connection, 0 while disconnected.
-    pub(crate) backend_pid: AtomicI32,
-}
-
-type Query = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+type Query<T> = Pin<Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send>>;
 type Ack = oneshot::Sender<Result<()>>;
-
-/// One established connection.
-pub(crate) struct Session {
-    client: Arc<Client>,
-    messages: MessageStream,
-    backend_pid: i32,
-}
-
-/// Connects, authenticates and learns the backend's process ID, all within the connect
-/// timeout.
-pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
-    let target = settings.spec.target();
-    let attempt = async {
-        let Established {
-            client,
-            mut messages,
-        } = settings.spec.connect().await?;
-        let client = Arc::new(client);
-        let rows = drive(
-            &mut messages,
-            client.simple_query("SELECT pg_backend_pid()"),
-        )
-        .await
-        .map_err(|e| {
-            Error::connect_failed(&format!("could not set up the connection to {target}"), e)
-        })?;
-        let backend_pid = rows
-            .iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
-                _ => None,
-            })
-            .unwrap_or(0);
-        Ok(Session {
-            client,
-            messages,
-            backend_pid,
-        })
-    };
-    match tokio::time::timeout(settings.connect_timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::new(
-            ErrorKind::Timeout,
-            format!(
-                "connecting to {target} took longer than the connect timeout of {:?}; check \
-                 that the server is reachable, or raise ListenerBuilder::connect_timeout",
-                settings.connect_timeout
-            ),
-        )),
-    }
-}
 
 /// The in-flight LISTEN/UNLISTEN batch.
 struct SyncOp {
-    query: Query,
+    query: Query<()>,
     plan: SyncPlan,
     acks: Vec<Ack>,
+}
+
+/// The in-flight heartbeat probe.
+struct Probe {
+    query: Query<Vec<SimpleQueryMessage>>,
+    sent: Instant,
+    deadline: Pin<Box<Sleep>>,
+    /// `Serving::syncs_started` when sent: a sync started since makes the channel list
+    /// stale.
+    syncs_started: u64,
 }
 
 /// The state of one connected period.
 struct Serving {
     session: Session,
     sync: Option<SyncOp>,
+    syncs_started: u64,
     /// Subscribe acks waiting for the next sync to start.
     waiting: Vec<Ack>,
     /// In-flight requests (notify, listening_channels); each replies by itself.
     requests: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    /// `Some` until the first sync on this connection completes. Notifications read
-    /// before that are held back so that `Reconnected` precedes them.
-    held: Option<Vec<tokio_postgres::Notification>>,
+    /// False until the first sync on this connection completed.
+    listening: bool,
     /// The connect timeout also bounds the first sync.
-    sync_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    sync_deadline: Option<Pin<Box<Sleep>>>,
     /// A sync failed with a server error: wait for the next command before retrying.
     replan_blocked: bool,
+    next_heartbeat: Pin<Box<Sleep>>,
+    probe: Option<Probe>,
+    last_heartbeat: Option<Instant>,
 }
 
 impl Serving {
@@ -157,6 +116,13 @@ enum Exit {
     Lost(Error),
 }
 
+/// What a command received while disconnected asks of the reconnect loop.
+enum Offline {
+    Continue,
+    AttemptNow,
+    Stop,
+}
+
 pub(crate) struct Worker {
     settings: Arc<Settings>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -164,6 +130,11 @@ pub(crate) struct Worker {
     backoff: BackoffSchedule,
     status: Arc<Status>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
+    /// When the current outage began (None while a connection works).
+    outage_since: Option<Instant>,
+    queue_alarm: QueueUsageAlarm,
+    /// The last error of the current outage, for the give-up message.
+    last_error: Option<Error>,
 }
 
 impl Worker {
@@ -179,6 +150,9 @@ impl Worker {
             registry: Registry::default(),
             status,
             shutdown_waiters: Vec::new(),
+            outage_since: None,
+            queue_alarm: QueueUsageAlarm::default(),
+            last_error: None,
         }
     }
 
@@ -186,6 +160,9 @@ impl Worker {
     /// for `connect_lazy`.
     pub(crate) async fn run(mut self, first: Option<Session>) {
         let mut next = first;
+        if next.is_none() {
+            self.outage_since = Some(Instant::now());
+        }
         loop {
             let session = match next.take() {
                 Some(session) => session,
@@ -198,33 +175,43 @@ impl Worker {
                 Exit::Stop => break,
                 Exit::Lost(error) => {
                     warn!(error = %error, "connection lost; reconnecting");
-                    self.status.backend_pid.store(0, Ordering::Relaxed);
-                    self.registry.broadcast(&Event::Error(error));
-                    self.registry.connection_lost(Instant::now());
+                    self.status.set_backend_pid(None);
+                    self.status
+                        .channels
+                        .store(0, std::sync::atomic::Ordering::Relaxed);
+                    let now = Instant::now();
+                    self.outage_since = Some(now);
+                    self.registry.broadcast(&Event::Error(error.clone()));
+                    self.registry.connection_lost(now);
+                    self.last_error = Some(error);
                 }
             }
         }
         self.finish();
     }
 
-    /// Connected: reconcile LISTENs, route notifications, run notifies, until the
-    /// connection is lost or the listener stops.
+    /// Connected: reconcile LISTENs, route notifications, run requests and heartbeats,
+    /// until the connection is lost or the listener stops.
     async fn serve(&mut self, session: Session) -> Exit {
-        self.status
-            .backend_pid
-            .store(session.backend_pid, Ordering::Relaxed);
+        self.status.set_backend_pid(Some(session.backend_pid));
+        self.status.set_state(ListenerState::Syncing);
         debug!(
             backend_pid = session.backend_pid,
             "connected; syncing LISTEN"
         );
+        let heartbeat = self.settings.heartbeat;
         let mut serving = Serving {
             session,
             sync: None,
+            syncs_started: 0,
             waiting: Vec::new(),
             requests: FuturesUnordered::new(),
-            held: Some(Vec::new()),
+            listening: false,
             sync_deadline: Some(Box::pin(tokio::time::sleep(self.settings.connect_timeout))),
             replan_blocked: false,
+            next_heartbeat: Box::pin(tokio::time::sleep(heartbeat.interval)),
+            probe: None,
+            last_heartbeat: None,
         };
         let exit = std::future::poll_fn(|cx| self.poll_serve(cx, &mut serving)).await;
         match exit {
@@ -240,7 +227,14 @@ impl Worker {
                     let _ = ack.send(Err(Error::closed()));
                 }
                 self.registry.close_all();
-                close_gracefully(serving).await;
+                let Serving {
+                    session,
+                    requests,
+                    probe,
+                    ..
+                } = serving;
+                drop((requests, probe));
+                close_gracefully(session).await;
                 Exit::Stop
             }
         }
@@ -254,6 +248,12 @@ impl Worker {
                         self.shutdown_waiters.push(done);
                         return Poll::Ready(Exit::Stop);
                     }
+                    Poll::Ready(Some(Command::Reconnect)) => {
+                        return Poll::Ready(Exit::Lost(Error::new(
+                            ErrorKind::ConnectionLost,
+                            "reconnecting as requested by Listener::reconnect",
+                        )));
+                    }
                     Poll::Ready(Some(command)) => {
                         s.replan_blocked = false;
                         self.handle_online(command, s);
@@ -264,11 +264,11 @@ impl Worker {
             }
 
             self.start_sync(s);
-            let mut sync_finished = false;
             let sync_result = match s.sync.as_mut() {
                 Some(op) => op.query.as_mut().poll(cx),
                 None => Poll::Pending,
             };
+            let mut sync_finished = false;
             if let Poll::Ready(result) = sync_result
                 && let Some(op) = s.sync.take()
             {
@@ -280,6 +280,10 @@ impl Worker {
 
             while let Poll::Ready(Some(())) = s.requests.poll_next_unpin(cx) {}
 
+            if let Err(exit) = self.poll_heartbeat(cx, s) {
+                return Poll::Ready(exit);
+            }
+
             if let Some(exit) = self.poll_messages(cx, s) {
                 return Poll::Ready(exit);
             }
@@ -287,16 +291,14 @@ impl Worker {
             if let Some(deadline) = s.sync_deadline.as_mut()
                 && deadline.as_mut().poll(cx).is_ready()
             {
-                {
-                    return Poll::Ready(Exit::Lost(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "LISTEN was not confirmed within the connect timeout of {:?}; \
-                             reconnecting",
-                            self.settings.connect_timeout
-                        ),
-                    )));
-                }
+                return Poll::Ready(Exit::Lost(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "LISTEN was not confirmed within the connect timeout of {:?}; \
+                         reconnecting",
+                        self.settings.connect_timeout
+                    ),
+                )));
             }
 
             // A finished sync may allow the next one (or acks) right away.
@@ -315,9 +317,17 @@ impl Worker {
                 ack,
             } => {
                 self.registry.add(id, channels, mailbox, None);
+                self.status
+                    .subscriptions
+                    .store(self.registry.len(), std::sync::atomic::Ordering::Relaxed);
                 s.waiting.push(ack);
             }
-            Command::Unsubscribe { id } => self.registry.remove(id),
+            Command::Unsubscribe { id } => {
+                self.registry.remove(id);
+                self.status
+                    .subscriptions
+                    .store(self.registry.len(), std::sync::atomic::Ordering::Relaxed);
+            }
             Command::Notify {
                 channel,
                 payload,
@@ -332,15 +342,18 @@ impl Worker {
             Command::ListeningChannels { reply } => {
                 let client = s.session.client.clone();
                 s.requests.push(Box::pin(async move {
-                    let _ = reply.send(listening_channels(&client).await);
+                    let _ = reply.send(session::listening_channels(&client).await);
                 }));
             }
+            // Handled by the caller.
+            Command::Reconnect => {}
             Command::Shutdown { done } => self.shutdown_waiters.push(done),
         }
     }
 
-    /// Starts the next LISTEN/UNLISTEN batch if one is needed and none is in flight;
-    /// acknowledges subscriptions when nothing needs to be sent.
+    /// Starts the next LISTEN/UNLISTEN batch if one is needed and none is in flight.
+    /// When the server is in sync: acknowledges waiting subscriptions and announces
+    /// the end of any gap.
     fn start_sync(&mut self, s: &mut Serving) {
         if s.sync.is_some() || s.replan_blocked {
             return;
@@ -354,6 +367,7 @@ impl Worker {
                     unlisten = plan.unlisten.len(),
                     "syncing LISTEN"
                 );
+                s.syncs_started += 1;
                 s.sync = Some(SyncOp {
                     query: Box::pin(async move { client.batch_execute(&sql).await }),
                     plan,
@@ -364,11 +378,46 @@ impl Worker {
                 for ack in s.waiting.drain(..) {
                     let _ = ack.send(Ok(()));
                 }
-                if s.held.is_some() {
+                let attempts = self.backoff.attempts();
+                if !s.listening {
                     self.now_listening(s);
+                }
+                if self.registry.owes_reconnected() {
+                    let (told, totals) =
+                        self.registry
+                            .announce_reconnected(Instant::now(), attempts, log_lag);
+                    self.count(totals);
+                    info!(
+                        subscriptions = told,
+                        "LISTEN active again: sent Reconnected"
+                    );
                 }
             }
         }
+    }
+
+    /// The first sync on this connection is done: LISTEN is active for every wanted
+    /// channel.
+    fn now_listening(&mut self, s: &mut Serving) {
+        s.listening = true;
+        s.sync_deadline = None;
+        if self.outage_since.take().is_some() {
+            Status::add(&self.status.reconnects, 1);
+        }
+        self.last_error = None;
+        // A successful re-sync: the next outage starts its backoff over.
+        self.backoff.reset();
+        self.status.set_state(ListenerState::Listening);
+        self.status.channels.store(
+            self.registry.confirmed_count(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        info!(
+            channels = self.registry.confirmed_count(),
+            subscriptions = self.registry.len(),
+            backend_pid = s.session.backend_pid,
+            "listening"
+        );
     }
 
     /// Handles the end of a LISTEN/UNLISTEN batch.
@@ -381,6 +430,10 @@ impl Worker {
         match result {
             Ok(()) => {
                 self.registry.confirm(&op.plan);
+                self.status.channels.store(
+                    self.registry.confirmed_count(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 for ack in op.acks {
                     let _ = ack.send(Ok(()));
                 }
@@ -403,7 +456,7 @@ impl Worker {
                 for ack in op.acks {
                     let _ = ack.send(Err(error.clone()));
                 }
-                if s.held.is_some() {
+                if !s.listening {
                     // The connection cannot listen: treat it as a failed attempt.
                     return Err(Exit::Lost(error));
                 }
@@ -414,36 +467,94 @@ impl Worker {
         }
     }
 
-    /// The first sync on this connection is done: LISTEN is active for every wanted
-    /// channel. Announce the end of the gap, then release held notifications.
-    fn now_listening(&mut self, s: &mut Serving) {
-        let held = s.held.take().unwrap_or_default();
-        s.sync_deadline = None;
-        let attempts = self.backoff.attempts();
-        let told = self.registry.announce_reconnected(Instant::now(), attempts);
-        for notification in held {
-            self.registry.route(notification);
+    /// Runs the heartbeat: a probe every interval once listening, each bounded by the
+    /// heartbeat timeout.
+    fn poll_heartbeat(&mut self, cx: &mut Context<'_>, s: &mut Serving) -> Result<(), Exit> {
+        let config = self.settings.heartbeat;
+        loop {
+            if let Some(probe) = s.probe.as_mut() {
+                match probe.query.as_mut().poll(cx) {
+                    Poll::Ready(Ok(messages)) => {
+                        let probe = s.probe.take().expect("probe in flight");
+                        self.probe_answered(s, &probe, &messages);
+                        let next = tokio::time::Instant::now() + config.interval;
+                        s.next_heartbeat.as_mut().reset(next);
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Err(Exit::Lost(Error::connection_lost(Some(e))));
+                    }
+                    Poll::Pending => {
+                        if probe.deadline.as_mut().poll(cx).is_ready() {
+                            return Err(Exit::Lost(Error::new(
+                                ErrorKind::Timeout,
+                                format!(
+                                    "the server did not answer a heartbeat within {:?}: the \
+                                     connection is presumed dead; reconnecting",
+                                    config.timeout
+                                ),
+                            )));
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            if !s.listening || s.sync.is_some() || s.next_heartbeat.as_mut().poll(cx).is_pending() {
+                return Ok(());
+            }
+            let client = s.session.client.clone();
+            s.probe = Some(Probe {
+                query: Box::pin(async move { client.simple_query(heartbeat::PROBE_SQL).await }),
+                sent: Instant::now(),
+                deadline: Box::pin(tokio::time::sleep(config.timeout)),
+                syncs_started: s.syncs_started,
+            });
         }
-        self.flush();
-        self.backoff.reset();
-        info!(
-            channels = self.registry.confirmed_count(),
-            subscriptions = self.registry.len(),
-            reconnected = told,
-            "listening"
-        );
+    }
+
+    fn probe_answered(&mut self, s: &mut Serving, probe: &Probe, messages: &[SimpleQueryMessage]) {
+        let now = Instant::now();
+        let answer = heartbeat::parse_probe(messages);
+        self.status
+            .record_heartbeat(now, now - probe.sent, answer.queue_usage);
+        if let Some(usage) = answer.queue_usage {
+            match self.queue_alarm.observe(usage) {
+                Some(AlarmChange::Raised) => warn!(
+                    usage,
+                    "the server's notification queue is {:.0}% full: a listener somewhere in \
+                     the cluster is not reading; when it is full every NOTIFY fails",
+                    usage * 100.0
+                ),
+                Some(AlarmChange::Cleared) => {
+                    info!(usage, "the server's notification queue drained")
+                }
+                None => {}
+            }
+        }
+        // A sync since the probe was sent makes its channel list stale.
+        if probe.syncs_started == s.syncs_started && s.sync.is_none() {
+            let missing = heartbeat::missing_channels(self.registry.confirmed(), &answer.channels);
+            if !missing.is_empty() {
+                let since = s.last_heartbeat.unwrap_or(probe.sent);
+                let owed = self.registry.mark_gap(&missing, since);
+                warn!(
+                    missing = missing.len(),
+                    subscriptions = owed,
+                    "the server stopped listening to channels behind our back; re-LISTENing \
+                     and announcing a gap"
+                );
+            }
+        }
+        s.last_heartbeat = Some(now);
     }
 
     /// Reads every message the connection has ready and delivers the batch.
     fn poll_messages(&mut self, cx: &mut Context<'_>, s: &mut Serving) -> Option<Exit> {
-        let mut routed = false;
+        let mut received = 0u64;
         let exit = loop {
-            match s.session.messages.as_mut().poll_next(cx) {
+            match s.session.messages.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
-                    match s.held.as_mut() {
-                        Some(held) => held.push(notification),
-                        None => routed |= self.registry.route(notification),
-                    }
+                    received += 1;
+                    self.registry.route(notification);
                 }
                 Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => {
                     debug!(
@@ -461,51 +572,56 @@ impl Worker {
             }
         };
         // What arrived before a loss is delivered before the loss is announced.
-        if routed {
-            self.flush();
+        if received > 0 {
+            Status::add(&self.status.received, received);
+            let totals = self.registry.flush(log_lag);
+            self.count(totals);
         }
         exit
     }
 
-    fn flush(&mut self) {
-        self.registry.flush(|id| {
-            warn!(
-                subscription = id,
-                "subscription queue is full: dropping notifications until its consumer catches \
-                 up (it will receive Event::Lagged with the count)"
-            );
-        });
+    fn count(&self, totals: FlushTotals) {
+        Status::add(&self.status.delivered, totals.queued);
+        Status::add(&self.status.dropped, totals.dropped);
     }
 
-    /// Disconnected: wait (interruptibly) and try again until connected or stopped.
+    /// Disconnected: wait (interruptibly) and try again until connected, stopped, or
+    /// the give-up policy fires.
     async fn reconnect(&mut self) -> Option<Session> {
         let settings = self.settings.clone();
         loop {
+            let outage = self.outage_since.map(|t| t.elapsed()).unwrap_or_default();
+            if let Some(limit) = settings.backoff.gives_up(self.backoff.attempts(), outage) {
+                self.give_up(&limit);
+                return None;
+            }
             let delay = self.backoff.next_delay();
             let attempt = self.backoff.attempts();
             if !delay.is_zero() {
-                debug!(?delay, attempt, "backing off before reconnecting");
+                self.status.set_state(ListenerState::BackingOff);
+                info!(?delay, attempt, "backing off before reconnecting");
                 let sleep = tokio::time::sleep(delay);
                 tokio::pin!(sleep);
                 loop {
                     tokio::select! {
                         () = &mut sleep => break,
-                        command = self.commands.recv() => {
-                            if !self.handle_offline(command) {
-                                return None;
-                            }
-                        }
+                        command = self.commands.recv() => match self.handle_offline(command) {
+                            Offline::Continue => {}
+                            Offline::AttemptNow => break,
+                            Offline::Stop => return None,
+                        },
                     }
                 }
             }
-            debug!(attempt, target = settings.spec.target(), "connecting");
+            self.status.set_state(ListenerState::Connecting);
+            info!(attempt, target = settings.spec.target(), "connecting");
             let connecting = open_session(&settings);
             tokio::pin!(connecting);
             let result = loop {
                 tokio::select! {
                     result = &mut connecting => break result,
                     command = self.commands.recv() => {
-                        if !self.handle_offline(command) {
+                        if let Offline::Stop = self.handle_offline(command) {
                             return None;
                         }
                     }
@@ -515,20 +631,34 @@ impl Worker {
                 Ok(session) => return Some(session),
                 Err(error) => {
                     warn!(error = %error, attempt, "reconnect attempt failed");
-                    self.registry.broadcast(&Event::Error(error));
+                    self.registry.broadcast(&Event::Error(error.clone()));
+                    self.last_error = Some(error);
                 }
             }
         }
     }
 
-    /// Handles a command while disconnected. Returns false when the task must stop.
-    fn handle_offline(&mut self, command: Option<Command>) -> bool {
+    /// The give-up policy fired: a final error to every subscription; `finish` then
+    /// ends them.
+    fn give_up(&mut self, limit: &str) {
+        let message = format!("gave up reconnecting after {limit}; the listener is closed");
+        warn!("{message}");
+        let error = match self.last_error.take() {
+            Some(cause) => Error::with_source(ErrorKind::Closed, message, cause),
+            None => Error::new(ErrorKind::Closed, message),
+        };
+        self.registry.broadcast(&Event::Error(error));
+    }
+
+    /// Handles a command while disconnected.
+    fn handle_offline(&mut self, command: Option<Command>) -> Offline {
         match command {
-            None => false,
+            None => Offline::Stop,
             Some(Command::Shutdown { done }) => {
                 self.shutdown_waiters.push(done);
-                false
+                Offline::Stop
             }
+            Some(Command::Reconnect) => Offline::AttemptNow,
             Some(Command::Subscribe {
                 id,
                 channels,
@@ -537,20 +667,26 @@ impl Worker {
             }) => {
                 self.registry
                     .add(id, channels, mailbox, Some(Instant::now()));
+                self.status
+                    .subscriptions
+                    .store(self.registry.len(), std::sync::atomic::Ordering::Relaxed);
                 let _ = ack.send(Ok(()));
-                true
+                Offline::Continue
             }
             Some(Command::Unsubscribe { id }) => {
                 self.registry.remove(id);
-                true
+                self.status
+                    .subscriptions
+                    .store(self.registry.len(), std::sync::atomic::Ordering::Relaxed);
+                Offline::Continue
             }
             Some(Command::Notify { reply, .. }) => {
                 let _ = reply.send(Err(not_connected("the notification was not sent")));
-                true
+                Offline::Continue
             }
             Some(Command::ListeningChannels { reply }) => {
                 let _ = reply.send(Err(not_connected("the server listens to nothing for us")));
-                true
+                Offline::Continue
             }
         }
     }
@@ -558,7 +694,8 @@ impl Worker {
     /// Ends every stream, refuses what is still queued, and releases `shutdown` callers.
     fn finish(&mut self) {
         self.registry.close_all();
-        self.status.backend_pid.store(0, Ordering::Relaxed);
+        self.status.set_backend_pid(None);
+        self.status.set_state(ListenerState::Closed);
         self.commands.close();
         while let Ok(command) = self.commands.try_recv() {
             match command {
@@ -572,7 +709,7 @@ impl Worker {
                     let _ = reply.send(Err(Error::closed()));
                 }
                 Command::Shutdown { done } => self.shutdown_waiters.push(done),
-                Command::Unsubscribe { .. } => {}
+                Command::Unsubscribe { .. } | Command::Reconnect => {}
             }
         }
         for done in self.shutdown_waiters.drain(..) {
@@ -582,61 +719,17 @@ impl Worker {
     }
 }
 
-fn not_connected(consequence: &str) -> Error {
-    Error::new(
-        ErrorKind::ConnectionLost,
-        format!("not connected to the server right now (reconnecting); {consequence}"),
-    )
-}
-
-/// The server's own list of channels this session listens to.
-async fn listening_channels(client: &Client) -> Result<Vec<String>> {
-    let messages = client
-        .simple_query("SELECT pg_listening_channels()")
-        .await
-        .map_err(Error::from)?;
-    Ok(messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .collect())
-}
-
-pub(crate) fn notify_failed(e: tokio_postgres::Error) -> Error {
-    match e.as_db_error() {
-        Some(db) => {
-            let message = format!("the server refused the notification: {}", db.message());
-            Error::with_source(ErrorKind::Database, message, e)
-        }
-        None => Error::with_source(
-            ErrorKind::ConnectionLost,
-            "the connection was lost before the server confirmed the notification; it may or \
-             may not have been sent",
-            e,
+/// Logs a lag episode once when it starts and once when it ends, never per message.
+fn log_lag(subscription: SubscriptionId, change: LagChange) {
+    match change {
+        LagChange::Started => warn!(
+            subscription,
+            "subscription queue is full: dropping notifications until its consumer catches \
+             up (it will receive Event::Lagged with the count)"
         ),
-    }
-}
-
-/// Closes the connection cleanly: dropping the last `Client` makes the connection send
-/// `Terminate`; polling it to its end flushes that and closes the socket.
-async fn close_gracefully(serving: Serving) {
-    let Serving {
-        session, requests, ..
-    } = serving;
-    drop(requests);
-    let Session {
-        client,
-        mut messages,
-        ..
-    } = session;
-    drop(client);
-    let drained = async { while messages.next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(2), drained)
-        .await
-        .is_err()
-    {
-        debug!("the server did not close the connection within 2s; dropping it");
+        LagChange::Ended(dropped) => info!(
+            subscription,
+            dropped, "subscription caught up after dropping notifications"
+        ),
     }
 }

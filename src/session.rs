@@ -1,0 +1,125 @@
+//! One established connection set up for listening, and the small requests the worker
+//! runs on it. Reaching the server is `connect.rs`'s job; this module prepares the
+//! session (backend pid, no idle timeout) and closes it cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_postgres::{Client, SimpleQueryMessage};
+use tracing::debug;
+
+use crate::connect::{Established, MessageStream, drive};
+use crate::error::{Error, ErrorKind, Result};
+use crate::listener::Settings;
+
+/// One established connection.
+pub(crate) struct Session {
+    pub(crate) client: Arc<Client>,
+    pub(crate) messages: MessageStream,
+    pub(crate) backend_pid: i32,
+}
+
+/// Set-up in one round trip: the backend's pid, and no idle-session timeout (PostgreSQL
+/// 14+) — a LISTEN connection is idle by design and must not be ended for it.
+const SETUP_SQL: &str = "SELECT pg_backend_pid(), \
+     CASE WHEN current_setting('server_version_num')::int >= 140000 \
+     THEN set_config('idle_session_timeout', '0', false) END";
+
+/// Connects, authenticates and prepares the session, all within the connect timeout.
+pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
+    let target = settings.spec.target();
+    let attempt = async {
+        let Established {
+            client,
+            mut messages,
+        } = settings.spec.connect().await?;
+        let client = Arc::new(client);
+        let rows = drive(&mut messages, client.simple_query(SETUP_SQL))
+            .await
+            .map_err(|e| {
+                Error::connect_failed(&format!("could not set up the connection to {target}"), e)
+            })?;
+        let backend_pid = first_value(&rows).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(Session {
+            client,
+            messages,
+            backend_pid,
+        })
+    };
+    match tokio::time::timeout(settings.connect_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "connecting to {target} took longer than the connect timeout of {:?}; check \
+                 that the server is reachable, or raise ListenerBuilder::connect_timeout",
+                settings.connect_timeout
+            ),
+        )),
+    }
+}
+
+fn first_value(messages: &[SimpleQueryMessage]) -> Option<&str> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0),
+        _ => None,
+    })
+}
+
+/// Closes the connection cleanly: dropping the last `Client` makes the connection send
+/// `Terminate`; polling it to its end flushes that and closes the socket.
+pub(crate) async fn close_gracefully(session: Session) {
+    let Session {
+        client,
+        mut messages,
+        ..
+    } = session;
+    drop(client);
+    let drained = async { while messages.next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(2), drained)
+        .await
+        .is_err()
+    {
+        debug!("the server did not close the connection within 2s; dropping it");
+    }
+}
+
+/// The server's own list of channels this session listens to.
+pub(crate) async fn listening_channels(client: &Client) -> Result<Vec<String>> {
+    let messages = client
+        .simple_query("SELECT pg_listening_channels()")
+        .await
+        .map_err(Error::from)?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The error for a request made while the task is between connections.
+pub(crate) fn not_connected(consequence: &str) -> Error {
+    Error::new(
+        ErrorKind::ConnectionLost,
+        format!("not connected to the server right now (reconnecting); {consequence}"),
+    )
+}
+
+/// Sorts out why a NOTIFY failed.
+pub(crate) fn notify_failed(e: tokio_postgres::Error) -> Error {
+    match e.as_db_error() {
+        Some(db) => {
+            let message = format!("the server refused the notification: {}", db.message());
+            Error::with_source(ErrorKind::Database, message, e)
+        }
+        None => Error::with_source(
+            ErrorKind::ConnectionLost,
+            "the connection was lost before the server confirmed the notification; it may or \
+             may not have been sent",
+            e,
+        ),
+    }
+}
