@@ -34,6 +34,7 @@ pub(crate) struct Settings {
     pub(crate) queue_capacity: usize,
     pub(crate) backoff: Backoff,
     pub(crate) heartbeat: HeartbeatConfig,
+    pub(crate) self_check: bool,
 }
 
 impl fmt::Debug for Settings {
@@ -75,6 +76,7 @@ pub struct ListenerBuilder {
     backoff: Backoff,
     connect_timeout: Duration,
     heartbeat: HeartbeatConfig,
+    self_check: bool,
 }
 
 impl fmt::Debug for ListenerBuilder {
@@ -89,6 +91,7 @@ impl fmt::Debug for ListenerBuilder {
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
             .field("heartbeat", &self.heartbeat)
+            .field("self_check", &self.self_check)
             .finish()
     }
 }
@@ -101,6 +104,7 @@ impl ListenerBuilder {
             backoff: Backoff::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             heartbeat: HeartbeatConfig::default(),
+            self_check: true,
         }
     }
 
@@ -172,6 +176,25 @@ impl ListenerBuilder {
         self
     }
 
+    /// Whether every connection proves, before it is used, that notifications sent by
+    /// other sessions reach it (default: on). The check LISTENs a private channel, sends
+    /// a NOTIFY to it from a second short-lived connection, and waits for it.
+    ///
+    /// It exists for poolers: behind PgBouncer (or RDS Proxy, Supavisor...) in
+    /// transaction or statement mode, LISTEN succeeds but notifications never arrive.
+    /// With the check, [`connect`](ListenerBuilder::connect) fails with a clear error
+    /// of kind [`ErrorKind::Config`] instead. Turn it off only if a second connection
+    /// per connect is a problem and you are sure no such pooler is in the path.
+    ///
+    /// ```
+    /// let builder = pglisten::Listener::builder("postgres://app@db/app").self_check(false);
+    /// # let _ = builder;
+    /// ```
+    pub fn self_check(mut self, enabled: bool) -> Self {
+        self.self_check = enabled;
+        self
+    }
+
     fn into_settings(self) -> Result<Settings> {
         let mut spec = ConnectSpec::parse(&self.url)?;
         if self.queue_capacity == 0 {
@@ -199,6 +222,7 @@ impl ListenerBuilder {
             queue_capacity: self.queue_capacity,
             backoff: self.backoff,
             heartbeat: self.heartbeat,
+            self_check: self.self_check,
         })
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 use tracing::debug;
 
 use crate::connect::{Established, MessageStream, drive};
@@ -41,11 +41,15 @@ pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
                 Error::connect_failed(&format!("could not set up the connection to {target}"), e)
             })?;
         let backend_pid = first_value(&rows).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Ok(Session {
+        let mut session = Session {
             client,
             messages,
             backend_pid,
-        })
+        };
+        if settings.self_check {
+            check_delivery(settings, &mut session).await?;
+        }
+        Ok(session)
     };
     match tokio::time::timeout(settings.connect_timeout, attempt).await {
         Ok(result) => result,
@@ -58,6 +62,77 @@ pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
             ),
         )),
     }
+}
+
+/// How long a NOTIFY from another session may take to arrive during the self-check,
+/// once that session's commit was acknowledged.
+const SELF_CHECK_WAIT: Duration = Duration::from_secs(3);
+
+/// Proves that notifications from *other* sessions reach this one: LISTEN a private
+/// channel, NOTIFY it from a second short-lived connection, and wait for it. Behind a
+/// pooler in transaction or statement mode the listening server connection goes back to
+/// the pool between transactions and such a notification never arrives, silently; this
+/// turns that into a clear error at connect time.
+async fn check_delivery(settings: &Settings, session: &mut Session) -> Result<()> {
+    let channel = format!("pglisten_self_check_{}", session.backend_pid);
+    let quoted = crate::channel::quote_identifier(&channel);
+    let failed = |e: tokio_postgres::Error| {
+        Error::connect_failed("the delivery self-check could not run", e)
+    };
+    drive(
+        &mut session.messages,
+        session.client.batch_execute(&format!("LISTEN {quoted}")),
+    )
+    .await
+    .map_err(failed)?;
+
+    // The second session: notify, then close it.
+    let Established {
+        client: other,
+        messages: mut other_messages,
+    } = settings.spec.connect().await?;
+    let notify = format!("SELECT pg_notify('{channel}', 'self-check')");
+    drive(&mut other_messages, other.simple_query(&notify))
+        .await
+        .map_err(failed)?;
+    drop(other);
+    tokio::spawn(async move { while other_messages.next().await.is_some() {} });
+
+    let arrived = tokio::time::timeout(SELF_CHECK_WAIT, async {
+        while let Some(message) = session.messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) if n.channel() == channel => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(Error::connection_lost(Some(e))),
+            }
+        }
+        Err(Error::connection_lost(None))
+    })
+    .await;
+    match arrived {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(error),
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "notifications do not reach this connection: a NOTIFY sent from another \
+                     session was not delivered within {SELF_CHECK_WAIT:?}. This is what \
+                     happens behind a connection pooler in transaction or statement mode \
+                     (PgBouncer, RDS Proxy, Supavisor's transaction port): LISTEN needs a \
+                     direct connection or a session-mode pool. (To skip this check, use \
+                     ListenerBuilder::self_check(false).)"
+                ),
+            ));
+        }
+    }
+    drive(
+        &mut session.messages,
+        session.client.batch_execute(&format!("UNLISTEN {quoted}")),
+    )
+    .await
+    .map_err(failed)?;
+    Ok(())
 }
 
 fn first_value(messages: &[SimpleQueryMessage]) -> Option<&str> {

@@ -47,6 +47,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
+mod pgbouncer;
+pub use pgbouncer::{PgBouncer, PoolMode};
+
 /// Address every cluster listens on.
 const HOST: &str = "127.0.0.1";
 /// Superuser created by `initdb -U`.
