@@ -93,6 +93,8 @@ mod connect;
 mod error;
 mod event;
 mod heartbeat;
+#[cfg(feature = "serde")]
+mod json;
 mod listener;
 mod mailbox;
 mod registry;
@@ -111,6 +113,9 @@ pub use listener::{
 };
 pub use stats::{ListenerState, Stats};
 pub use subscription::Subscription;
+
+#[cfg(feature = "serde")]
+pub use json::notify_json;
 
 /// The README's code, compiled and checked as doc tests.
 #[doc = include_str!("../README.md")]
