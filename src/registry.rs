@@ -126,6 +126,11 @@ pub(crate) struct Registry {
     confirmed: HashSet<Arc<str>, BuildHasherDefault<FxHasher>>,
     /// Slots with staged notifications.
     touched: Vec<usize>,
+    /// The wanted or confirmed set changed since `plan` last found nothing to do. Keeps
+    /// the per-batch check O(1) with thousands of channels.
+    dirty: bool,
+    /// Subscriptions owed a `Reconnected`.
+    owed: usize,
 }
 
 impl Registry {
@@ -143,12 +148,17 @@ impl Registry {
             self.slots.len() - 1
         });
         for channel in &channels {
-            // Reuse the registry's own copy of the name so every notification shares it.
             let subscribers = match self.channels.get_mut(&**channel) {
                 Some(subscribers) => subscribers,
-                None => self.channels.entry(channel.clone()).or_default(),
+                None => {
+                    self.dirty = true;
+                    self.channels.entry(channel.clone()).or_default()
+                }
             };
             subscribers.push(slot);
+        }
+        if gap_since.is_some() {
+            self.owed += 1;
         }
         self.slot_of.insert(id, slot);
         self.slots[slot] = Some(Entry {
@@ -174,8 +184,12 @@ impl Registry {
                 subscribers.retain(|&s| s != slot);
                 if subscribers.is_empty() {
                     self.channels.remove(&**channel);
+                    self.dirty = true;
                 }
             }
+        }
+        if entry.gap_since.is_some() {
+            self.owed -= 1;
         }
         self.touched.retain(|&s| s != slot);
         self.free_slots.push(slot);
@@ -187,7 +201,11 @@ impl Registry {
     }
 
     /// The LISTEN/UNLISTEN batch that brings the server to the wanted set, if any.
-    pub(crate) fn plan(&self) -> Option<SyncPlan> {
+    /// O(1) when nothing changed since it last returned `None`.
+    pub(crate) fn plan(&mut self) -> Option<SyncPlan> {
+        if !self.dirty {
+            return None;
+        }
         let listen: Vec<_> = self
             .channels
             .keys()
@@ -201,6 +219,7 @@ impl Registry {
             .cloned()
             .collect();
         if listen.is_empty() && unlisten.is_empty() {
+            self.dirty = false;
             None
         } else {
             Some(SyncPlan { listen, unlisten })
@@ -222,6 +241,8 @@ impl Registry {
     /// one).
     pub(crate) fn connection_lost(&mut self, now: Instant) {
         self.confirmed.clear();
+        self.dirty = true;
+        self.owed = self.slot_of.len();
         for entry in self.slots.iter_mut().flatten() {
             entry.gap_since.get_or_insert(now);
             // Not yet announced, and inside the gap that will be: at-most-once.
@@ -236,10 +257,14 @@ impl Registry {
         for channel in missing {
             self.confirmed.remove(channel);
         }
+        self.dirty = true;
         let mut owed = 0;
         for entry in self.slots.iter_mut().flatten() {
             if entry.channels.iter().any(|c| missing.contains(c)) {
-                entry.gap_since.get_or_insert(since);
+                if entry.gap_since.is_none() {
+                    entry.gap_since = Some(since);
+                    self.owed += 1;
+                }
                 owed += 1;
             }
         }
@@ -253,7 +278,7 @@ impl Registry {
 
     /// True when some subscription is owed a `Reconnected`.
     pub(crate) fn owes_reconnected(&self) -> bool {
-        self.slots.iter().flatten().any(|e| e.gap_since.is_some())
+        self.owed > 0
     }
 
     /// Channels confirmed on the current connection.
@@ -289,6 +314,7 @@ impl Registry {
                 }
             }
         }
+        self.owed = 0;
         (told, totals)
     }
 
@@ -459,7 +485,8 @@ mod tests {
     fn reconnect_relistens_everything_in_one_batch() {
         let mut r = Registry::default();
         r.add(1, names(&["a", "B"]), Arc::new(Mailbox::new(8)), None);
-        r.confirm(&r.plan().unwrap());
+        let plan = r.plan().unwrap();
+        r.confirm(&plan);
         r.connection_lost(Instant::now());
         let plan = r.plan().unwrap();
         assert_eq!(sorted(&plan.listen), ["B", "a"]);
@@ -467,10 +494,29 @@ mod tests {
     }
 
     #[test]
+    fn plan_is_cheap_when_nothing_changed_and_owed_count_tracks_removals() {
+        let mut r = Registry::default();
+        let t0 = Instant::now();
+        r.add(1, names(&["a"]), Arc::new(Mailbox::new(8)), Some(t0));
+        r.add(2, names(&["a"]), Arc::new(Mailbox::new(8)), None);
+        let plan = r.plan().unwrap();
+        r.confirm(&plan);
+        assert_eq!(r.plan(), None);
+        assert!(!r.dirty, "nothing left to do: the next check is O(1)");
+        // A second subscriber on a known channel changes nothing on the server.
+        r.add(3, names(&["a"]), Arc::new(Mailbox::new(8)), None);
+        assert!(!r.dirty);
+        assert!(r.owes_reconnected());
+        r.remove(1);
+        assert!(!r.owes_reconnected(), "the only owed subscription is gone");
+    }
+
+    #[test]
     fn resubscribe_before_unlisten_lands_needs_no_statement() {
         let mut r = Registry::default();
         r.add(1, names(&["a"]), Arc::new(Mailbox::new(8)), None);
-        r.confirm(&r.plan().unwrap());
+        let plan = r.plan().unwrap();
+        r.confirm(&plan);
         r.remove(1);
         r.add(2, names(&["a"]), Arc::new(Mailbox::new(8)), None);
         assert_eq!(r.plan(), None);
@@ -603,7 +649,8 @@ mod tests {
         r.add(1, names(&["a", "b"]), Arc::new(Mailbox::new(8)), None);
         r.add(2, names(&["b"]), Arc::new(Mailbox::new(8)), None);
         r.add(3, names(&["c"]), Arc::new(Mailbox::new(8)), None);
-        r.confirm(&r.plan().unwrap());
+        let plan = r.plan().unwrap();
+        r.confirm(&plan);
         assert!(r.plan().is_none() && !r.owes_reconnected());
         assert_eq!(r.mark_gap(&names(&["a"]), t0), 1);
         assert!(r.plan().is_some() && r.owes_reconnected());
