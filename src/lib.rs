@@ -64,14 +64,63 @@
 //!
 //! The first attempt after a loss is immediate, then delays grow exponentially with full
 //! jitter up to a cap ([`Backoff`]). Each failed attempt is reported as an
-//! [`Event::Error`]; streams never end because of a connection problem. The backoff
-//! starts over once LISTEN is active again.
+//! [`Event::Error`]; streams never end because of a connection problem (unless you set
+//! a give-up policy with [`Backoff::max_attempts`] or [`Backoff::give_up_after`]). The
+//! backoff starts over once LISTEN is active again. [`Listener::reconnect`] forces a
+//! reconnect.
+//!
+//! A subscription made while the listener is disconnected (or before
+//! [`ListenerBuilder::connect_lazy`] first connects) is registered at once and starts
+//! with `Reconnected` when LISTEN becomes active.
 //!
 //! # Backpressure and `Lagged`
 //!
 //! A subscription that falls more than its queue capacity behind loses the overflow and
-//! is told how much with [`Event::Lagged`]. Unread control events are coalesced, so even
-//! a forgotten subscription holds a bounded amount of memory.
+//! is told how much with [`Event::Lagged`], so memory stays bounded however slow a
+//! consumer is, and other subscriptions are never delayed by it. Unread control events
+//! are coalesced, so even a forgotten subscription holds a bounded amount of memory.
+//! Size the queue for your largest expected burst ([`ListenerBuilder::queue_capacity`],
+//! default [`DEFAULT_QUEUE_CAPACITY`]); treat `Lagged` like `Reconnected`: resync.
+//!
+//! # Dead connections
+//!
+//! A LISTEN connection is idle most of its life, which is exactly when networks drop
+//! connections silently: a NAT or cloud proxy forgets the mapping, a failover moves the
+//! address. The socket then looks healthy for hours. pglisten sends a heartbeat every
+//! [`DEFAULT_HEARTBEAT_INTERVAL`] and declares the connection dead when one takes longer
+//! than [`DEFAULT_HEARTBEAT_TIMEOUT`] ([`ListenerBuilder::heartbeat`]), then reconnects.
+//! The same round trip checks `pg_listening_channels()`, so a registration lost behind
+//! the listener's back is repaired and announced with `Reconnected`. TCP keepalives and
+//! `TCP_USER_TIMEOUT` are set to agree with the heartbeat, every connection attempt
+//! (TCP, TLS, authentication, first LISTEN) is bounded by
+//! [`ListenerBuilder::connect_timeout`], and the session's `idle_session_timeout` is
+//! turned off (PostgreSQL 14+).
+//!
+//! # Poolers and replicas
+//!
+//! LISTEN needs a session of its own: connect directly, or through a pooler in *session*
+//! mode. Behind a pooler in transaction or statement mode (PgBouncer, RDS Proxy,
+//! Supavisor's transaction port) LISTEN succeeds but notifications never arrive; every
+//! connection therefore proves, before it is used, that a NOTIFY from another session
+//! reaches it, and [`Listener::connect`] fails with a clear [`ErrorKind::Config`] error
+//! when it does not ([`ListenerBuilder::self_check`]). LISTEN cannot run on a hot
+//! standby: point the listener at the primary (notifications are not replicated).
+//!
+//! # Observability
+//!
+//! Every state change is logged through [`tracing`](https://docs.rs/tracing) under the
+//! `pglisten` target (connecting, listening, lost, backing off with the delay, lag
+//! episodes once when they start and once when they end, never per message).
+//! [`Listener::stats`] returns counters and gauges, including the server's
+//! `pg_notification_queue_usage()` sampled with each heartbeat; a warning is logged when
+//! it passes [`QUEUE_USAGE_WARNING`], because when the queue is full every NOTIFY in the
+//! cluster fails.
+//!
+//! # Feature flags
+//!
+//! - `serde` (off by default): JSON payloads with `Notification::json`,
+//!   `Listener::notify_json` and `pglisten::notify_json` (the 8000-byte limit is checked
+//!   on the encoded bytes).
 //!
 //! # Example: notify inside your own transaction
 //!
