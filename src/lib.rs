@@ -90,16 +90,20 @@
 mod backoff;
 mod channel;
 mod connect;
+mod conninfo;
 mod error;
 mod event;
 mod listener;
 mod mailbox;
 mod registry;
 mod subscription;
+#[cfg(feature = "tls")]
+mod tls;
 mod worker;
 
 pub use backoff::Backoff;
 pub use channel::{MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES};
+pub use connect::Credentials;
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, Notification, ReconnectReport};
 pub use listener::{
@@ -110,3 +114,8 @@ pub use subscription::Subscription;
 /// The driver pglisten is built on, re-exported so that you name the exact version its
 /// types (such as the clients accepted by [`notify`]) come from.
 pub use tokio_postgres;
+
+/// The TLS library pglisten uses (with the `ring` crypto provider), re-exported for
+/// [`ListenerBuilder::tls_config`].
+#[cfg(feature = "tls")]
+pub use rustls;

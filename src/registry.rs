@@ -204,14 +204,20 @@ impl Registry {
 
     /// Sends `Reconnected` to every subscription owed one, with its own downtime.
     /// Returns how many were told.
-    pub(crate) fn announce_reconnected(&mut self, now: Instant, attempts: u32) -> usize {
+    pub(crate) fn announce_reconnected(
+        &mut self,
+        now: Instant,
+        attempts: u32,
+        host: &Arc<str>,
+    ) -> usize {
         let mut told = 0;
         for entry in self.slots.iter_mut().flatten() {
             if let Some(since) = entry.gap_since.take() {
                 let report = crate::event::ReconnectReport::new(
                     now.saturating_duration_since(since),
                     attempts.max(1),
-                );
+                )
+                .with_host(host.clone());
                 entry.mailbox.push_control(Event::Reconnected(report));
                 told += 1;
             }
@@ -473,19 +479,21 @@ mod tests {
         let mut r = Registry::default();
         let t0 = Instant::now();
         let (m1, m2) = (Arc::new(Mailbox::new(8)), Arc::new(Mailbox::new(8)));
+        let host: Arc<str> = Arc::from("db:5432");
         r.add(1, names(&["a"]), m1.clone(), None);
         r.add(2, names(&["b"]), m2.clone(), Some(t0));
-        assert_eq!(r.announce_reconnected(t0, 1), 1);
+        assert_eq!(r.announce_reconnected(t0, 1, &host), 1);
         assert!(drain(&m1).is_empty());
         assert!(matches!(drain(&m2)[..], [Event::Reconnected(_)]));
         // After a loss, everyone is owed one, exactly once.
         r.connection_lost(t0);
-        assert_eq!(r.announce_reconnected(t0, 3), 2);
-        assert_eq!(r.announce_reconnected(t0, 3), 0);
+        assert_eq!(r.announce_reconnected(t0, 3, &host), 2);
+        assert_eq!(r.announce_reconnected(t0, 3, &host), 0);
         let Event::Reconnected(report) = &drain(&m1)[0] else {
             panic!("expected Reconnected")
         };
         assert_eq!(report.attempts(), 3);
+        assert_eq!(report.host(), "db:5432");
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub(crate) struct Session {
     client: Arc<Client>,
     messages: MessageStream,
     backend_pid: i32,
+    /// The host it reached, `host:port`.
+    host: Arc<str>,
 }
 
 /// Connects, authenticates and learns the backend's process ID, all within the connect
@@ -84,6 +86,7 @@ pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
         let Established {
             client,
             mut messages,
+            host,
         } = settings.spec.connect().await?;
         let client = Arc::new(client);
         let rows = drive(
@@ -105,6 +108,7 @@ pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
             client,
             messages,
             backend_pid,
+            host: Arc::from(host),
         })
     };
     match tokio::time::timeout(settings.connect_timeout, attempt).await {
@@ -420,7 +424,9 @@ impl Worker {
         let held = s.held.take().unwrap_or_default();
         s.sync_deadline = None;
         let attempts = self.backoff.attempts();
-        let told = self.registry.announce_reconnected(Instant::now(), attempts);
+        let told = self
+            .registry
+            .announce_reconnected(Instant::now(), attempts, &s.session.host);
         for notification in held {
             self.registry.route(notification);
         }
