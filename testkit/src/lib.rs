@@ -1,7 +1,8 @@
 //! Throwaway PostgreSQL clusters for the integration tests, examples and
 //! benchmarks of `pglisten`.
 //!
-//! Dependencies: none (std only, no `unsafe`).
+//! Dependencies: none (std only, no `unsafe`); the optional `tls` feature adds `rcgen`
+//! for test certificates (module [`tls`]).
 //!
 //! Every [`Cluster`] is a real PostgreSQL server started from the installed
 //! server binaries (see [`bin_dir`]), listening on `127.0.0.1` on a free port,
@@ -46,6 +47,9 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// Address every cluster listens on.
 const HOST: &str = "127.0.0.1";
