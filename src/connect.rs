@@ -601,10 +601,13 @@ impl ConnectSpec {
             return Error::with_source(ErrorKind::Tls, message, e);
         }
         if cause.as_deref() == Some("server did not use channel binding") {
-            let over = if transport == Transport::Plain {
-                "this connection was not encrypted"
-            } else {
-                "the server did not offer it"
+            let over = match transport {
+                Transport::Plain => "this connection was not encrypted",
+                Transport::Tls { fallback: true } => {
+                    "with sslmode=prefer the connection is not encrypted when the server does \
+                     not offer TLS"
+                }
+                Transport::Tls { fallback: false } => "the server did not offer it",
             };
             return Error::with_source(
                 ErrorKind::Authentication,

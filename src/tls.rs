@@ -438,6 +438,20 @@ fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&
     None
 }
 
+/// A name as rustls presents it (`DnsName("db.example.com")`, `IpAddress(10.0.0.1)`),
+/// without the decoration.
+fn plain_name(presented: &str) -> &str {
+    presented
+        .strip_prefix("DnsName(\"")
+        .and_then(|rest| rest.strip_suffix("\")"))
+        .or_else(|| {
+            presented
+                .strip_prefix("IpAddress(")
+                .and_then(|rest| rest.strip_suffix(')'))
+        })
+        .unwrap_or(presented)
+}
+
 /// If `err` is a TLS failure, what went wrong and what to do, in words. `host` is the
 /// name the certificate was checked against.
 pub(crate) fn explain(err: &tokio_postgres::Error, host: &str, setup: &TlsSetup) -> Option<String> {
@@ -453,7 +467,11 @@ pub(crate) fn explain(err: &tokio_postgres::Error, host: &str, setup: &TlsSetup)
             CertificateError::NotValidForNameContext { presented, .. } => format!(
                 "the server certificate is not valid for host \"{host}\" (it names {}); connect \
                  with one of those names (sslmode=verify-full checks it)",
-                presented.join(", ")
+                presented
+                    .iter()
+                    .map(|name| plain_name(name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             CertificateError::UnknownIssuer => format!(
                 "unknown certificate authority: the server certificate does not chain to \
@@ -540,6 +558,13 @@ mod tests {
             .with_no_client_auth();
         let err = TlsSetup::new(&plan, Some(Arc::new(config))).unwrap_err();
         assert!(err.to_string().contains("sslrootcert"), "{err}");
+    }
+
+    #[test]
+    fn presented_names_lose_their_decoration() {
+        assert_eq!(plain_name("DnsName(\"db.example.com\")"), "db.example.com");
+        assert_eq!(plain_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(plain_name("other"), "other");
     }
 
     #[test]
