@@ -5,6 +5,7 @@
 //! The certificates are made at test time (testkit's `tls` module). The TLS server
 //! accepts TCP connections only over TLS (`hostssl`), with scram-sha-256 for everyone
 //! except `certuser`, who must present a client certificate.
+#![cfg(feature = "tls")]
 
 mod common;
 
