@@ -128,7 +128,59 @@ impl fmt::Debug for ConnectOptions {
     }
 }
 
-/// The builder's settings about reaching the server.
+/// # Connection strings, TLS and failover
+///
+/// [`Listener::connect`](crate::Listener::connect) and
+/// [`Listener::builder`](crate::Listener::builder) take the connection strings you give
+/// `psql`: a URL (`postgres://user:password@host:port/dbname?key=value&...`, parts
+/// percent-encoded, `postgresql://` works too) or key=value pairs
+/// (`host=db user=app sslmode=verify-full`, values with spaces in single quotes).
+///
+/// Keys: `host`, `hostaddr`, `port` (each may be a comma-separated list), `user`,
+/// `password`, `dbname`, `options`, `application_name`, `fallback_application_name`,
+/// `connect_timeout`, `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslsni`,
+/// `sslnegotiation`, `channel_binding`, `target_session_attrs`, `load_balance_hosts`,
+/// `tcp_user_timeout`, `keepalives`, `keepalives_idle`, `keepalives_interval`,
+/// `keepalives_retries`; in URLs also `ssl=true` (same as `sslmode=require`). Any other
+/// key is an [`ErrorKind::Config`] error that names it.
+///
+/// `sslmode`, as in libpq (the default is `prefer`):
+///
+/// | sslmode | TLS | certificate check |
+/// |---|---|---|
+/// | `disable` | never | - |
+/// | `allow` | only if the server refuses a plaintext connection | chain, if `sslrootcert` is set |
+/// | `prefer` (default) | if the server offers it, else plaintext | chain, if `sslrootcert` is set |
+/// | `require` | always | chain, if `sslrootcert` is set; else none |
+/// | `verify-ca` | always | chain to `sslrootcert` (required); any host name |
+/// | `verify-full` | always | chain to `sslrootcert` (required) and host name |
+///
+/// `sslrootcert` is a PEM file (your provider's CA bundle) or `system` for the
+/// platform's trust store; `system` implies `verify-full` and refuses weaker modes (as
+/// libpq 16). `sslcert` + `sslkey` (PEM files) log in with a client certificate.
+/// `channel_binding=require` insists on SCRAM-SHA-256-PLUS, which needs TLS. The
+/// certificate is checked against `host`; with `hostaddr` the connection goes to that
+/// address while `host` is still the name checked. TLS needs the `tls` cargo feature
+/// (on by default); without it, a setting that needs TLS is an [`ErrorKind::Config`]
+/// error.
+///
+/// Several hosts are tried in order on every connection attempt, the first one included
+/// and every reconnect (`load_balance_hosts=random` shuffles them each time); each host
+/// gets `connect_timeout` seconds if set, else its share of
+/// [`connect_timeout`](ListenerBuilder::connect_timeout). LISTEN needs a primary, so a
+/// server in recovery (`pg_is_in_recovery()`) counts as a failed host;
+/// `target_session_attrs` may be `any`, `primary` or `read-write`.
+/// [`ReconnectReport::host`](crate::ReconnectReport::host) says which host was reached.
+///
+/// Unlike libpq, pglisten reads no files and no environment by itself: there are no
+/// defaults from `~/.postgresql/` or `~/.pgpass`, a missing host means `localhost`, and
+/// a user name is required. The environment is read only by
+/// [`from_env`](ListenerBuilder::from_env) and
+/// [`env_defaults`](ListenerBuilder::env_defaults). Certificate files are read again on
+/// every connection attempt, so renewed files are picked up when reconnecting.
+///
+/// No password, key or token appears in any `Debug` or `Display` output, error or log
+/// line.
 impl ListenerBuilder {
     /// Starts a builder from libpq's environment variables alone, as `psql` with no
     /// arguments would: `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,

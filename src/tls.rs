@@ -568,6 +568,20 @@ mod tests {
     }
 
     #[test]
+    fn the_process_default_provider_is_never_used() {
+        // A process default that cannot do anything: any configuration built from it
+        // fails. pglisten's own provider is chosen explicitly, so it still works.
+        let useless = CryptoProvider {
+            cipher_suites: Vec::new(),
+            kx_groups: Vec::new(),
+            ..rustls::crypto::ring::default_provider()
+        };
+        let _ = useless.install_default();
+        let plan = ConnPlan::parse("user=u sslmode=require", &[]).unwrap();
+        TlsSetup::new(&plan, None).unwrap().connector().unwrap();
+    }
+
+    #[test]
     fn require_without_roots_builds() {
         let plan = ConnPlan::parse("user=u sslmode=require", &[]).unwrap();
         TlsSetup::new(&plan, None).unwrap();
