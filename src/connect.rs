@@ -818,6 +818,14 @@ mod tests {
     }
 
     #[test]
+    fn public_types_are_thread_safe() {
+        fn check<T: Send + Sync + Unpin + 'static>() {}
+        check::<Credentials>();
+        check::<crate::ReconnectReport>();
+        check::<ListenerBuilder>();
+    }
+
+    #[test]
     fn credentials_debug_hides_the_password() {
         let c = Credentials::password("s3cret").user("bob");
         let shown = format!("{c:?}");

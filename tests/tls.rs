@@ -456,7 +456,9 @@ async fn the_credentials_hook_serves_a_rotated_password_on_reconnect() {
         .connect()
         .await
         .unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Called for every connection an attempt opens (at least one).
+    let after_connect = calls.load(Ordering::SeqCst);
+    assert!(after_connect >= 1);
     let channel = unique("rotate");
     let mut sub = listener.subscribe([&channel]).await.unwrap();
 
@@ -486,7 +488,8 @@ async fn the_credentials_hook_serves_a_rotated_password_on_reconnect() {
             .all(|e| matches!(e, Event::Error(e) if e.kind() == ErrorKind::Authentication)),
         "{between:?}"
     );
-    assert!(calls.load(Ordering::SeqCst) >= 3);
+    // At least the refused attempt and the successful one asked again.
+    assert!(calls.load(Ordering::SeqCst) >= after_connect + 2);
     listener.notify(&channel, "rotated").await.unwrap();
     assert_eq!(next_notification(&mut sub).await.payload(), "rotated");
     listener.shutdown().await;
