@@ -40,6 +40,10 @@ pub enum ErrorKind {
     Connect,
     /// The server refused the credentials.
     Authentication,
+    /// TLS could not be set up: the server certificate was refused (unknown authority,
+    /// wrong host name, expired), the server does not support TLS while `sslmode`
+    /// requires it, or the server refused the client certificate.
+    Tls,
     /// An established connection was lost; the listener reconnects by itself.
     ConnectionLost,
     /// Something took longer than its configured bound.
@@ -58,6 +62,7 @@ impl ErrorKind {
             ErrorKind::Config => "invalid configuration",
             ErrorKind::Connect => "connect failed",
             ErrorKind::Authentication => "authentication failed",
+            ErrorKind::Tls => "TLS failed",
             ErrorKind::ConnectionLost => "connection lost",
             ErrorKind::Timeout => "timed out",
             ErrorKind::Database => "database error",

@@ -186,11 +186,34 @@ impl fmt::Debug for Notification {
 pub struct ReconnectReport {
     downtime: Duration,
     attempts: u32,
+    host: Arc<str>,
 }
 
 impl ReconnectReport {
     pub(crate) fn new(downtime: Duration, attempts: u32) -> Self {
-        ReconnectReport { downtime, attempts }
+        ReconnectReport {
+            downtime,
+            attempts,
+            host: Arc::from(""),
+        }
+    }
+
+    pub(crate) fn with_host(mut self, host: Arc<str>) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// The server the listener reached, as `host:port` from the connection string (for
+    /// example `"db2.example.com:5432"` or `"127.0.0.1:5432"`): with several hosts,
+    /// this says which one is the primary now.
+    ///
+    /// ```
+    /// # fn f(report: pglisten::ReconnectReport) {
+    /// println!("listening again on {}", report.host());
+    /// # }
+    /// ```
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// How long LISTEN was not active for this subscription: from the loss of the
@@ -222,5 +245,6 @@ impl ReconnectReport {
     pub(crate) fn merge(&mut self, later: &ReconnectReport) {
         self.downtime += later.downtime;
         self.attempts = self.attempts.saturating_add(later.attempts);
+        self.host = later.host.clone();
     }
 }

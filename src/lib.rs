@@ -139,6 +139,7 @@
 mod backoff;
 mod channel;
 mod connect;
+mod conninfo;
 mod error;
 mod event;
 mod heartbeat;
@@ -150,10 +151,13 @@ mod registry;
 mod session;
 mod stats;
 mod subscription;
+#[cfg(feature = "tls")]
+mod tls;
 mod worker;
 
 pub use backoff::Backoff;
 pub use channel::{MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES};
+pub use connect::Credentials;
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, Notification, ReconnectReport};
 pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, QUEUE_USAGE_WARNING};
@@ -174,3 +178,8 @@ pub struct ReadmeDoctests;
 /// The driver pglisten is built on, re-exported so that you name the exact version its
 /// types (such as the clients accepted by [`notify`]) come from.
 pub use tokio_postgres;
+
+/// The TLS library pglisten uses (with the `ring` crypto provider), re-exported for
+/// [`ListenerBuilder::tls_config`].
+#[cfg(feature = "tls")]
+pub use rustls;

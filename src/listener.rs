@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::channel::{validate_channel, validate_payload};
-use crate::connect::ConnectSpec;
+use crate::connect::{ConnectOptions, ConnectSpec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::heartbeat::HeartbeatConfig;
 use crate::mailbox::Mailbox;
@@ -77,16 +77,17 @@ pub struct ListenerBuilder {
     connect_timeout: Duration,
     heartbeat: HeartbeatConfig,
     self_check: bool,
+    /// TLS, credentials and environment settings (see connect.rs).
+    pub(crate) connect: ConnectOptions,
 }
 
 impl fmt::Debug for ListenerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The connection string may hold a password: show only what it points at.
-        let target = ConnectSpec::parse(&self.url)
-            .map(|spec| spec.target().to_owned())
-            .unwrap_or_else(|_| "(invalid connection string)".to_owned());
+        let target = crate::connect::describe(&self.url, &self.connect);
         f.debug_struct("ListenerBuilder")
             .field("target", &target)
+            .field("connect", &self.connect)
             .field("queue_capacity", &self.queue_capacity)
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
@@ -105,6 +106,7 @@ impl ListenerBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             heartbeat: HeartbeatConfig::default(),
             self_check: true,
+            connect: ConnectOptions::default(),
         }
     }
 
@@ -196,7 +198,7 @@ impl ListenerBuilder {
     }
 
     fn into_settings(self) -> Result<Settings> {
-        let mut spec = ConnectSpec::parse(&self.url)?;
+        let mut spec = ConnectSpec::build(&self.url, &self.connect, self.connect_timeout)?;
         if self.queue_capacity == 0 {
             return Err(Error::new(
                 ErrorKind::Config,

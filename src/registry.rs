@@ -286,16 +286,17 @@ impl Registry {
         self.confirmed.len()
     }
 
-    /// Sends `Reconnected` to every subscription owed one, with its own downtime, then
-    /// releases the notifications held back for it. Call only when [`plan`] is `None`:
-    /// LISTEN must be active for every wanted channel. Returns how many were told, and
-    /// what the release delivered.
+    /// Sends `Reconnected` to every subscription owed one, with its own downtime and
+    /// the host reached, then releases the notifications held back for it. Call only
+    /// when [`plan`] is `None`: LISTEN must be active for every wanted channel. Returns
+    /// how many were told, and what the release delivered.
     ///
     /// [`plan`]: Registry::plan
     pub(crate) fn announce_reconnected(
         &mut self,
         now: Instant,
         attempts: u32,
+        host: &Arc<str>,
         mut on_lag: impl FnMut(SubscriptionId, LagChange),
     ) -> (usize, FlushTotals) {
         let mut told = 0;
@@ -305,7 +306,8 @@ impl Registry {
                 let report = crate::event::ReconnectReport::new(
                     now.saturating_duration_since(since),
                     attempts.max(1),
-                );
+                )
+                .with_host(host.clone());
                 entry.mailbox.push_control(Event::Reconnected(report));
                 told += 1;
                 if !entry.held.is_empty() {
@@ -595,19 +597,21 @@ mod tests {
         let mut r = Registry::default();
         let t0 = Instant::now();
         let (m1, m2) = (Arc::new(Mailbox::new(8)), Arc::new(Mailbox::new(8)));
+        let host: Arc<str> = Arc::from("db:5432");
         r.add(1, names(&["a"]), m1.clone(), None);
         r.add(2, names(&["b"]), m2.clone(), Some(t0));
-        assert_eq!(r.announce_reconnected(t0, 1, |_, _| {}).0, 1);
+        assert_eq!(r.announce_reconnected(t0, 1, &host, |_, _| {}).0, 1);
         assert!(drain(&m1).is_empty());
         assert!(matches!(drain(&m2)[..], [Event::Reconnected(_)]));
         // After a loss, everyone is owed one, exactly once.
         r.connection_lost(t0);
-        assert_eq!(r.announce_reconnected(t0, 3, |_, _| {}).0, 2);
-        assert_eq!(r.announce_reconnected(t0, 3, |_, _| {}).0, 0);
+        assert_eq!(r.announce_reconnected(t0, 3, &host, |_, _| {}).0, 2);
+        assert_eq!(r.announce_reconnected(t0, 3, &host, |_, _| {}).0, 0);
         let Event::Reconnected(report) = &drain(&m1)[0] else {
             panic!("expected Reconnected")
         };
         assert_eq!(report.attempts(), 3);
+        assert_eq!(report.host(), "db:5432");
     }
 
     #[test]
@@ -621,7 +625,7 @@ mod tests {
         r.flush(|_, _| {});
         assert!(drain(&owed).is_empty(), "held back until Reconnected");
         assert_eq!(payloads(&drain(&fine)), ["a:early"]);
-        let (told, totals) = r.announce_reconnected(t0, 1, |_, _| {});
+        let (told, totals) = r.announce_reconnected(t0, 1, &Arc::from("db:5432"), |_, _| {});
         assert_eq!((told, totals.queued), (1, 1));
         let events = drain(&owed);
         assert!(matches!(events[0], Event::Reconnected(_)), "{events:?}");
@@ -636,7 +640,7 @@ mod tests {
         r.add(1, names(&["a"]), m.clone(), Some(t0));
         r.route(("a", "inside the gap"));
         r.connection_lost(t0);
-        r.announce_reconnected(t0, 2, |_, _| {});
+        r.announce_reconnected(t0, 2, &Arc::from("db:5432"), |_, _| {});
         let events = drain(&m);
         assert_eq!(events.len(), 1, "{events:?}");
         assert!(matches!(events[0], Event::Reconnected(_)));
@@ -657,7 +661,11 @@ mod tests {
         let plan = r.plan().unwrap();
         assert_eq!(sorted(&plan.listen), ["a"]);
         r.confirm(&plan);
-        assert_eq!(r.announce_reconnected(t0, 1, |_, _| {}).0, 1);
+        assert_eq!(
+            r.announce_reconnected(t0, 1, &Arc::from("db:5432"), |_, _| {})
+                .0,
+            1
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub(crate) struct Session {
     pub(crate) client: Arc<Client>,
     pub(crate) messages: MessageStream,
     pub(crate) backend_pid: i32,
+    /// The host it reached, `host:port`.
+    pub(crate) host: Arc<str>,
 }
 
 /// Set-up in one round trip: the backend's pid, and no idle-session timeout (PostgreSQL
@@ -33,6 +35,7 @@ pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
         let Established {
             client,
             mut messages,
+            host,
         } = settings.spec.connect().await?;
         let client = Arc::new(client);
         let rows = drive(&mut messages, client.simple_query(SETUP_SQL))
@@ -45,6 +48,7 @@ pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
             client,
             messages,
             backend_pid,
+            host: Arc::from(host),
         };
         if settings.self_check {
             check_delivery(settings, &mut session).await?;
@@ -90,6 +94,7 @@ async fn check_delivery(settings: &Settings, session: &mut Session) -> Result<()
     let Established {
         client: other,
         messages: mut other_messages,
+        ..
     } = settings.spec.connect().await?;
     let notify = format!("SELECT pg_notify('{channel}', 'self-check')");
     drive(&mut other_messages, other.simple_query(&notify))

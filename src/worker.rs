@@ -383,9 +383,12 @@ impl Worker {
                     self.now_listening(s);
                 }
                 if self.registry.owes_reconnected() {
-                    let (told, totals) =
-                        self.registry
-                            .announce_reconnected(Instant::now(), attempts, log_lag);
+                    let (told, totals) = self.registry.announce_reconnected(
+                        Instant::now(),
+                        attempts,
+                        &s.session.host,
+                        log_lag,
+                    );
                     self.count(totals);
                     info!(
                         subscriptions = told,

@@ -1,7 +1,8 @@
 //! Throwaway PostgreSQL clusters for the integration tests, examples and
 //! benchmarks of `pglisten`.
 //!
-//! Dependencies: none (std only, no `unsafe`).
+//! Dependencies: none (std only, no `unsafe`); the optional `tls` feature adds `rcgen`
+//! for test certificates (module [`tls`]).
 //!
 //! Every [`Cluster`] is a real PostgreSQL server started from the installed
 //! server binaries (see [`bin_dir`]), listening on `127.0.0.1` on a free port,
@@ -49,6 +50,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 mod pgbouncer;
 pub use pgbouncer::{PgBouncer, PoolMode};
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// Address every cluster listens on.
 const HOST: &str = "127.0.0.1";

@@ -1,0 +1,864 @@
+//! Connection strings as libpq reads them: the URL and key=value forms, the keys
+//! tokio-postgres knows plus libpq's TLS keys, and environment defaults (pure).
+//!
+//! The result is a [`ConnPlan`]: a tokio-postgres `Config` holding everything except
+//! the hosts and the TLS choice, the hosts in order, and the TLS settings that
+//! tokio-postgres does not understand (`sslmode=allow|verify-ca|verify-full`,
+//! `sslrootcert`, `sslcert`, `sslkey`).
+//!
+//! No message made here shows a value: a connection string may hold a password.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The port libpq uses when none is given.
+pub(crate) const DEFAULT_PORT: u16 = 5432;
+
+/// Keys passed on to tokio-postgres as they are (it checks their values).
+const DRIVER_KEYS: &[&str] = &[
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "channel_binding",
+    "sslnegotiation",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+];
+
+/// Keys pglisten interprets itself.
+const OWN_KEYS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslsni",
+    "target_session_attrs",
+    "load_balance_hosts",
+    "fallback_application_name",
+];
+
+/// libpq keys that pglisten knows about but does not support.
+const UNSUPPORTED_LIBPQ_KEYS: &[&str] = &[
+    "passfile",
+    "service",
+    "sslpassword",
+    "sslcrl",
+    "sslcrldir",
+    "sslcompression",
+    "sslcertmode",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "requiressl",
+    "requirepeer",
+    "require_auth",
+    "gssencmode",
+    "gsslib",
+    "gssdelegation",
+    "krbsrvname",
+    "replication",
+    "client_encoding",
+    "tty",
+];
+
+/// Environment variables read by `ListenerBuilder::from_env`, and the keys they set.
+pub(crate) const ENV_VARS: &[(&str, &str)] = &[
+    ("PGHOST", "host"),
+    ("PGHOSTADDR", "hostaddr"),
+    ("PGPORT", "port"),
+    ("PGUSER", "user"),
+    ("PGPASSWORD", "password"),
+    ("PGDATABASE", "dbname"),
+    ("PGOPTIONS", "options"),
+    ("PGAPPNAME", "application_name"),
+    ("PGSSLMODE", "sslmode"),
+    ("PGSSLROOTCERT", "sslrootcert"),
+    ("PGSSLCERT", "sslcert"),
+    ("PGSSLKEY", "sslkey"),
+    ("PGSSLNEGOTIATION", "sslnegotiation"),
+    ("PGCHANNELBINDING", "channel_binding"),
+    ("PGCONNECT_TIMEOUT", "connect_timeout"),
+    ("PGTARGETSESSIONATTRS", "target_session_attrs"),
+    ("PGLOADBALANCEHOSTS", "load_balance_hosts"),
+];
+
+/// Reads the libpq environment variables in [`ENV_VARS`] through `lookup`; unset and
+/// empty variables are skipped. Returns (key, value) pairs.
+pub(crate) fn env_defaults(lookup: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    ENV_VARS
+        .iter()
+        .filter_map(|(var, key)| {
+            lookup(var)
+                .filter(|v| !v.is_empty())
+                .map(|v| ((*key).to_owned(), v))
+        })
+        .collect()
+}
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SslMode {
+    /// Plaintext only.
+    Disable,
+    /// Plaintext first; TLS if the server refuses the plaintext connection.
+    Allow,
+    /// TLS if the server offers it, else plaintext (the default).
+    Prefer,
+    /// TLS only; the certificate is checked only when `sslrootcert` is given.
+    Require,
+    /// TLS only; the certificate must chain to `sslrootcert`.
+    VerifyCa,
+    /// TLS only; the certificate must chain to `sslrootcert` and name the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Option<SslMode> {
+        Some(match value {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    /// The value as written in a connection string.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether a connection without TLS is refused.
+    #[cfg_attr(feature = "tls", allow(dead_code))]
+    pub(crate) fn requires_tls(self) -> bool {
+        matches!(
+            self,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        )
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the trusted root certificates come from (`sslrootcert`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RootCert {
+    /// The platform's trust store (`sslrootcert=system`).
+    System,
+    /// A PEM file with one or more certificates.
+    File(PathBuf),
+}
+
+/// One server to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostEntry {
+    /// A name, an IP address or (starting with `/`) a unix socket directory.
+    pub(crate) host: Option<String>,
+    /// The address to connect to instead of resolving `host`.
+    pub(crate) hostaddr: Option<IpAddr>,
+    pub(crate) port: u16,
+}
+
+impl HostEntry {
+    /// Whether this is a unix socket (no TLS there, as with libpq).
+    pub(crate) fn is_unix_socket(&self) -> bool {
+        self.hostaddr.is_none() && self.host.as_deref().is_some_and(|h| h.starts_with('/'))
+    }
+
+    /// `host:port` for messages and reports, e.g. `127.0.0.1:5432` or `[::1]:5432`.
+    pub(crate) fn label(&self) -> String {
+        let host = match (&self.host, &self.hostaddr) {
+            (Some(host), _) => host.clone(),
+            (None, Some(addr)) => addr.to_string(),
+            (None, None) => "localhost".to_owned(),
+        };
+        if host.contains(':') && !host.starts_with('/') {
+            format!("[{host}]:{}", self.port)
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// A parsed connection string: what every connection attempt starts from.
+#[derive(Clone)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) struct ConnPlan {
+    /// Everything tokio-postgres handles itself; no hosts, ports or TLS mode.
+    pub(crate) base: tokio_postgres::Config,
+    pub(crate) hosts: Vec<HostEntry>,
+    pub(crate) sslmode: SslMode,
+    pub(crate) sslrootcert: Option<RootCert>,
+    pub(crate) sslcert: Option<PathBuf>,
+    pub(crate) sslkey: Option<PathBuf>,
+    /// Send the host name in the TLS handshake (SNI).
+    pub(crate) sslsni: bool,
+    /// libpq's `connect_timeout`: a bound on each host.
+    pub(crate) host_timeout: Option<Duration>,
+    /// `load_balance_hosts=random`: try the hosts in random order.
+    pub(crate) random_order: bool,
+}
+
+impl ConnPlan {
+    /// Parses `text` (a URL or key=value pairs); `defaults` fill in keys the string
+    /// does not set (environment defaults).
+    pub(crate) fn parse(text: &str, defaults: &[(String, String)]) -> Result<ConnPlan> {
+        let mut params = parse_params(text)?;
+        for (key, value) in defaults {
+            params.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+        build(params)
+    }
+
+    /// Where this connects, for messages: hosts, database and user; no secrets.
+    pub(crate) fn describe(&self) -> String {
+        let hosts: Vec<String> = self.hosts.iter().map(HostEntry::label).collect();
+        let user = self.base.get_user().unwrap_or("(default user)");
+        let db = self.base.get_dbname().unwrap_or(user);
+        format!("{}/{db} as {user}", hosts.join(","))
+    }
+}
+
+fn config_error(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Config, message)
+}
+
+/// Splits a connection string into key/value pairs; later keys win, as in libpq.
+fn parse_params(text: &str) -> Result<BTreeMap<String, String>> {
+    let trimmed = text.trim();
+    let pairs = if let Some(rest) = trimmed
+        .strip_prefix("postgresql://")
+        .or_else(|| trimmed.strip_prefix("postgres://"))
+    {
+        parse_url(rest)?
+    } else if trimmed.contains("://") {
+        return Err(config_error(
+            "invalid connection string: a URL must start with postgres:// or postgresql://",
+        ));
+    } else {
+        parse_key_values(trimmed)?
+    };
+    let mut params = BTreeMap::new();
+    for (key, value) in pairs {
+        check_key(&key)?;
+        params.insert(key, value);
+    }
+    Ok(params)
+}
+
+/// Refuses keys pglisten does not support, naming them.
+fn check_key(key: &str) -> Result<()> {
+    if DRIVER_KEYS.contains(&key) || OWN_KEYS.contains(&key) {
+        Ok(())
+    } else if UNSUPPORTED_LIBPQ_KEYS.contains(&key) {
+        Err(config_error(format!(
+            "invalid connection string: the libpq option `{key}` is not supported by pglisten; \
+             remove it"
+        )))
+    } else {
+        Err(config_error(format!(
+            "invalid connection string: unknown option `{key}`; expected libpq options such as \
+             host, port, user, password, dbname, sslmode, sslrootcert, sslcert, sslkey"
+        )))
+    }
+}
+
+/// `key=value` pairs separated by spaces; values may be single-quoted, and `\` escapes
+/// the next character.
+fn parse_key_values(text: &str) -> Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(config_error(format!(
+                "invalid connection string: missing \"=\" after `{key}`; expected a URL like \
+                 postgres://user@host/db or key=value pairs like \"host=db user=app\""
+            )));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\'') => break,
+                    Some('\\') => match chars.next() {
+                        Some(c) => value.push(c),
+                        None => return Err(unterminated(&key)),
+                    },
+                    Some(c) => value.push(c),
+                    None => return Err(unterminated(&key)),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    if let Some(escaped) = chars.next() {
+                        value.push(escaped);
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+fn unterminated(key: &str) -> Error {
+    config_error(format!(
+        "invalid connection string: the quoted value of `{key}` has no closing quote"
+    ))
+}
+
+/// The part of a URL after `postgres://`:
+/// `[user[:password]@][host[:port][,host[:port]...]][/dbname][?key=value&...]`.
+fn parse_url(rest: &str) -> Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let (authority, path) = match before_query.split_once('/') {
+        Some((authority, path)) => (authority, Some(path)),
+        None => (before_query, None),
+    };
+    let hosts = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((user, password)) => (user, Some(password)),
+                None => (userinfo, None),
+            };
+            if !user.is_empty() {
+                pairs.push(("user".to_owned(), decode(user, "the user name")?));
+            }
+            if let Some(password) = password {
+                pairs.push(("password".to_owned(), decode(password, "the password")?));
+            }
+            hosts
+        }
+        None => authority,
+    };
+    if !hosts.is_empty() {
+        let mut names = Vec::new();
+        let mut ports = Vec::new();
+        for spec in hosts.split(',') {
+            let (host, port) = split_host_port(spec)?;
+            names.push(decode(host, "a host name")?);
+            ports.push(port.to_owned());
+        }
+        if names.iter().any(|n| !n.is_empty()) {
+            pairs.push(("host".to_owned(), names.join(",")));
+        }
+        if ports.iter().any(|p| !p.is_empty()) {
+            pairs.push(("port".to_owned(), ports.join(",")));
+        }
+    }
+    if let Some(path) = path.filter(|p| !p.is_empty()) {
+        pairs.push(("dbname".to_owned(), decode(path, "the database name")?));
+    }
+    for param in query.into_iter().flat_map(|q| q.split('&')) {
+        if param.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = param.split_once('=') else {
+            return Err(config_error(format!(
+                "invalid connection string: URL parameter `{}` has no \"=value\"",
+                decode(param, "a URL parameter").unwrap_or_default()
+            )));
+        };
+        let key = decode(key, "a URL parameter name")?;
+        let value = decode(value, "a URL parameter value")?;
+        // libpq accepts JDBC's `ssl=true` in URLs.
+        if key == "ssl" {
+            if value != "true" {
+                return Err(config_error(
+                    "invalid connection string: the URL parameter `ssl` only accepts `true` \
+                     (use sslmode=...)",
+                ));
+            }
+            pairs.push(("sslmode".to_owned(), "require".to_owned()));
+            continue;
+        }
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+/// Splits `host:port`, `[v6]:port`, `host` or `[v6]`.
+fn split_host_port(spec: &str) -> Result<(&str, &str)> {
+    if let Some(rest) = spec.strip_prefix('[') {
+        let Some((host, after)) = rest.split_once(']') else {
+            return Err(config_error(
+                "invalid connection string: an IPv6 address in the URL lacks its closing \"]\"",
+            ));
+        };
+        let port = match after {
+            "" => "",
+            _ => after.strip_prefix(':').ok_or_else(|| {
+                config_error("invalid connection string: unexpected text after \"]\" in the URL")
+            })?,
+        };
+        return Ok((host, port));
+    }
+    Ok(spec.split_once(':').unwrap_or((spec, "")))
+}
+
+/// Percent-decodes one URL part; the message names the part, never its value.
+fn decode(part: &str, what: &str) -> Result<String> {
+    let bad = || {
+        config_error(format!(
+            "invalid connection string: {what} in the URL is not valid percent-encoding"
+        ))
+    };
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// Quotes a value for tokio-postgres's key=value parser.
+fn quote(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
+}
+
+fn invalid_value(key: &str, expected: &str) -> Error {
+    config_error(format!(
+        "invalid connection string: invalid value for `{key}`; expected {expected}"
+    ))
+}
+
+fn build(mut params: BTreeMap<String, String>) -> Result<ConnPlan> {
+    // target_session_attrs: the listener needs a primary and checks for one after every
+    // connect; "read-write" additionally asks tokio-postgres to check for writability.
+    match params.remove("target_session_attrs").as_deref() {
+        None | Some("any") | Some("primary") => {}
+        Some("read-write") => {
+            params.insert("target_session_attrs".to_owned(), "read-write".to_owned());
+        }
+        Some(other @ ("standby" | "read-only" | "prefer-standby")) => {
+            return Err(config_error(format!(
+                "target_session_attrs={other} cannot work: LISTEN is refused on a standby, so \
+                 the listener always connects to a primary (use primary, read-write or any)"
+            )));
+        }
+        Some(_) => {
+            return Err(invalid_value(
+                "target_session_attrs",
+                "any, primary or read-write",
+            ));
+        }
+    }
+
+    let mut text = String::new();
+    for (key, value) in &params {
+        if DRIVER_KEYS.contains(&key.as_str()) || key == "target_session_attrs" {
+            text.push_str(key);
+            text.push('=');
+            text.push_str(&quote(value));
+            text.push(' ');
+        }
+    }
+    let mut base = tokio_postgres::Config::from_str(&text).map_err(|e| {
+        // The driver names the option, never its value.
+        let detail = std::error::Error::source(&e)
+            .map(ToString::to_string)
+            .unwrap_or_else(|| e.to_string());
+        Error::with_source(
+            ErrorKind::Config,
+            format!("invalid connection string: {detail}"),
+            e,
+        )
+    })?;
+    if base.get_application_name().is_none() {
+        let name = params
+            .get("fallback_application_name")
+            .map_or("pglisten", String::as_str);
+        base.application_name(name);
+    }
+
+    let sslrootcert = match params.get("sslrootcert").map(String::as_str) {
+        None | Some("") => None,
+        Some("system") => Some(RootCert::System),
+        Some(path) => Some(RootCert::File(PathBuf::from(path))),
+    };
+    let sslmode = match params.get("sslmode") {
+        Some(value) => SslMode::parse(value).ok_or_else(|| {
+            invalid_value(
+                "sslmode",
+                "disable, allow, prefer, require, verify-ca or verify-full",
+            )
+        })?,
+        // As libpq: the platform's roots are for verify-full only.
+        None if sslrootcert == Some(RootCert::System) => SslMode::VerifyFull,
+        None => SslMode::Prefer,
+    };
+    if sslrootcert == Some(RootCert::System) && sslmode != SslMode::VerifyFull {
+        return Err(config_error(format!(
+            "sslrootcert=system needs sslmode=verify-full (got sslmode={sslmode}): a public \
+             certificate authority vouches for host names, so only checking the host name \
+             makes its certificates meaningful"
+        )));
+    }
+    let path = |key: &str| params.get(key).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let (sslcert, sslkey) = (path("sslcert"), path("sslkey"));
+    match (&sslcert, &sslkey) {
+        (Some(_), None) => {
+            return Err(config_error(
+                "sslcert is given without sslkey: a client certificate needs its private key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(config_error(
+                "sslkey is given without sslcert: a private key needs its client certificate",
+            ));
+        }
+        _ => {}
+    }
+    let sslsni = match params.get("sslsni").map(String::as_str) {
+        None | Some("1") => true,
+        Some("0") => false,
+        Some(_) => return Err(invalid_value("sslsni", "0 or 1")),
+    };
+    let random_order = match params.get("load_balance_hosts").map(String::as_str) {
+        None | Some("disable") => false,
+        Some("random") => true,
+        Some(_) => return Err(invalid_value("load_balance_hosts", "disable or random")),
+    };
+    let host_timeout = match params.get("connect_timeout") {
+        None => None,
+        Some(value) => {
+            let seconds: i64 = value
+                .trim()
+                .parse()
+                .map_err(|_| invalid_value("connect_timeout", "a whole number of seconds"))?;
+            // As libpq: zero or less waits forever; the minimum is 2 seconds.
+            (seconds > 0).then(|| Duration::from_secs(seconds.max(2).unsigned_abs()))
+        }
+    };
+    if let Some(timeout) = host_timeout {
+        base.connect_timeout(timeout);
+    }
+    let hosts = hosts(&params)?;
+    Ok(ConnPlan {
+        base,
+        hosts,
+        sslmode,
+        sslrootcert,
+        sslcert,
+        sslkey,
+        sslsni,
+        host_timeout,
+        random_order,
+    })
+}
+
+/// The host list: `host`, `hostaddr` and `port` (each comma-separated) side by side.
+fn hosts(params: &BTreeMap<String, String>) -> Result<Vec<HostEntry>> {
+    let list = |key: &str| -> Vec<String> {
+        params
+            .get(key)
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let names = list("host");
+    let addrs = list("hostaddr");
+    let ports = list("port");
+    let count = names.len().max(addrs.len()).max(1);
+    if !names.is_empty() && !addrs.is_empty() && names.len() != addrs.len() {
+        return Err(config_error(format!(
+            "invalid connection string: {} host(s) but {} hostaddr(s); give one hostaddr per \
+             host",
+            names.len(),
+            addrs.len()
+        )));
+    }
+    if ports.len() > 1 && ports.len() != count {
+        return Err(config_error(format!(
+            "invalid connection string: {count} host(s) but {} ports; give one port for all \
+             hosts or one per host",
+            ports.len()
+        )));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for i in 0..count {
+        let host = names.get(i).filter(|h| !h.is_empty()).cloned();
+        let hostaddr = match addrs.get(i).filter(|a| !a.is_empty()) {
+            Some(addr) => Some(
+                addr.parse::<IpAddr>()
+                    .map_err(|_| invalid_value("hostaddr", "a numeric IPv4 or IPv6 address"))?,
+            ),
+            None => None,
+        };
+        let port = match ports.get(i).or(ports.first()).filter(|p| !p.is_empty()) {
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid_value("port", "a number from 1 to 65535"))?,
+            None => DEFAULT_PORT,
+        };
+        let host = match (host, hostaddr) {
+            // As tokio-postgres and most clients: no host at all means localhost.
+            (None, None) => Some("localhost".to_owned()),
+            (host, _) => host,
+        };
+        entries.push(HostEntry {
+            host,
+            hostaddr,
+            port,
+        });
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(text: &str) -> ConnPlan {
+        ConnPlan::parse(text, &[]).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    fn err(text: &str) -> Error {
+        match ConnPlan::parse(text, &[]) {
+            Ok(_) => panic!("{text} should be refused"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn url_with_everything() {
+        let p = plan(
+            "postgresql://app:p%40ss@db1.example.com:6543,[::1]:7000,db3/orders%2Fx\
+             ?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=svc",
+        );
+        assert_eq!(p.base.get_user(), Some("app"));
+        assert_eq!(p.base.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(p.base.get_dbname(), Some("orders/x"));
+        assert_eq!(p.base.get_application_name(), Some("svc"));
+        assert_eq!(p.sslmode, SslMode::VerifyFull);
+        assert_eq!(p.sslrootcert, Some(RootCert::File("/etc/ca.pem".into())));
+        let labels: Vec<String> = p.hosts.iter().map(HostEntry::label).collect();
+        assert_eq!(labels, ["db1.example.com:6543", "[::1]:7000", "db3:5432"]);
+        assert_eq!(
+            p.describe(),
+            "db1.example.com:6543,[::1]:7000,db3:5432/orders/x as app"
+        );
+    }
+
+    #[test]
+    fn key_values_with_quotes_and_escapes() {
+        let p = plan(
+            "host=a,b port=1,2 user = 'o\\'brien' password='two words' dbname=x\\ y \
+             sslmode=require",
+        );
+        assert_eq!(p.base.get_user(), Some("o'brien"));
+        assert_eq!(p.base.get_password(), Some(&b"two words"[..]));
+        assert_eq!(p.base.get_dbname(), Some("x y"));
+        assert_eq!(p.sslmode, SslMode::Require);
+        assert_eq!(p.hosts.len(), 2);
+        assert_eq!(p.hosts[1].label(), "b:2");
+    }
+
+    #[test]
+    fn default_is_prefer_on_localhost() {
+        let p = plan("user=app");
+        assert_eq!(p.sslmode, SslMode::Prefer);
+        assert_eq!(p.hosts[0].label(), "localhost:5432");
+        assert_eq!(p.base.get_application_name(), Some("pglisten"));
+    }
+
+    #[test]
+    fn every_sslmode_parses() {
+        for mode in [
+            "disable",
+            "allow",
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        ] {
+            assert_eq!(
+                plan(&format!("user=u sslmode={mode}")).sslmode.as_str(),
+                mode
+            );
+        }
+        let e = err("user=u sslmode=bogus");
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.to_string().contains("sslmode"), "{e}");
+    }
+
+    #[test]
+    fn system_roots_default_to_verify_full_and_refuse_weaker_modes() {
+        assert_eq!(
+            plan("user=u sslrootcert=system").sslmode,
+            SslMode::VerifyFull
+        );
+        let e = err("user=u sslrootcert=system sslmode=require");
+        assert!(e.to_string().contains("verify-full"), "{e}");
+    }
+
+    #[test]
+    fn hostaddr_pairs_with_host() {
+        let p = plan("host=db.example.com hostaddr=127.0.0.1 port=5433 user=u");
+        assert_eq!(p.hosts[0].host.as_deref(), Some("db.example.com"));
+        assert_eq!(p.hosts[0].hostaddr, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(p.hosts[0].label(), "db.example.com:5433");
+        assert!(
+            err("host=a,b hostaddr=127.0.0.1 user=u")
+                .to_string()
+                .contains("hostaddr")
+        );
+        assert!(
+            err("host=a,b,c port=1,2 user=u")
+                .to_string()
+                .contains("port")
+        );
+    }
+
+    #[test]
+    fn unsupported_and_unknown_keys_are_named() {
+        let e = err("user=u sslcrl=/x");
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.to_string().contains("`sslcrl`"), "{e}");
+        assert!(e.to_string().contains("not supported"), "{e}");
+        let e = err("postgres://u@h/db?frobnicate=1");
+        assert!(e.to_string().contains("`frobnicate`"), "{e}");
+    }
+
+    #[test]
+    fn target_session_attrs() {
+        plan("user=u target_session_attrs=primary");
+        plan("user=u target_session_attrs=any");
+        plan("user=u target_session_attrs=read-write");
+        let e = err("user=u target_session_attrs=standby");
+        assert!(e.to_string().contains("standby"), "{e}");
+    }
+
+    #[test]
+    fn driver_keys_are_checked_by_the_driver() {
+        let p = plan("user=u channel_binding=require keepalives_idle=30 connect_timeout=1");
+        assert_eq!(
+            p.base.get_channel_binding(),
+            tokio_postgres::config::ChannelBinding::Require
+        );
+        assert_eq!(p.host_timeout, Some(Duration::from_secs(2)));
+        let e = err("user=u channel_binding=maybe");
+        assert!(e.to_string().contains("channel_binding"), "{e}");
+    }
+
+    #[test]
+    fn client_certificate_needs_both_files() {
+        assert!(err("user=u sslcert=/c").to_string().contains("sslkey"));
+        assert!(err("user=u sslkey=/k").to_string().contains("sslcert"));
+        let p = plan("user=u sslcert=/c sslkey=/k");
+        assert_eq!(p.sslcert, Some(PathBuf::from("/c")));
+    }
+
+    #[test]
+    fn jdbc_ssl_true_means_require() {
+        assert_eq!(plan("postgres://u@h/db?ssl=true").sslmode, SslMode::Require);
+    }
+
+    #[test]
+    fn environment_fills_only_what_is_missing() {
+        let env = |var: &str| match var {
+            "PGHOST" => Some("envhost".to_owned()),
+            "PGPORT" => Some("6000".to_owned()),
+            "PGUSER" => Some("envuser".to_owned()),
+            "PGPASSWORD" => Some("envpass".to_owned()),
+            "PGSSLMODE" => Some("verify-ca".to_owned()),
+            "PGSSLROOTCERT" => Some("/ca.pem".to_owned()),
+            "PGAPPNAME" => Some("envapp".to_owned()),
+            "PGCONNECT_TIMEOUT" => Some("7".to_owned()),
+            "PGDATABASE" => Some(String::new()), // empty: ignored
+            _ => None,
+        };
+        let defaults = env_defaults(env);
+        let p = ConnPlan::parse("postgres://urluser@urlhost/db", &defaults).unwrap();
+        assert_eq!(p.base.get_user(), Some("urluser"));
+        assert_eq!(p.base.get_password(), Some(&b"envpass"[..]));
+        assert_eq!(p.hosts[0].label(), "urlhost:6000");
+        assert_eq!(p.sslmode, SslMode::VerifyCa);
+        assert_eq!(p.base.get_application_name(), Some("envapp"));
+        assert_eq!(p.host_timeout, Some(Duration::from_secs(7)));
+        let p = ConnPlan::parse("", &defaults).unwrap();
+        assert_eq!(p.describe(), "envhost:6000/envuser as envuser");
+    }
+
+    #[test]
+    fn messages_never_show_values() {
+        for bad in [
+            "postgres://u:s3cr%zzet@h/db",
+            "user=u password='s3cret",
+            "user=u password=s3cret port=x",
+        ] {
+            let e = err(bad);
+            assert!(!format!("{e} {e:?}").contains("s3cr"), "{bad}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn unix_socket_hosts() {
+        let p = plan("host=/var/run/postgresql user=u");
+        assert!(p.hosts[0].is_unix_socket());
+        let p = plan("postgres://u@%2Ftmp/db");
+        assert!(p.hosts[0].is_unix_socket());
+    }
+}

@@ -1,0 +1,589 @@
+//! sslmode and rustls wiring: which certificates to trust, what to check, the client
+//! certificate, and turning TLS failures into messages a person can act on.
+//!
+//! The crypto provider is always chosen explicitly (ring), so linking a second rustls
+//! provider into the application never makes pglisten panic.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
+    SignatureScheme,
+};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::conninfo::{ConnPlan, RootCert, SslMode};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The crypto provider pglisten uses for the configurations it builds.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// How the server's certificate is checked.
+#[derive(Clone)]
+enum Verify {
+    /// Encrypt without checking who answers (`require` without `sslrootcert`, as libpq).
+    Nothing,
+    /// The chain must lead to one of these roots; the host name is not checked.
+    Chain(Arc<RootCertStore>),
+    /// The chain and the host name.
+    Full(Arc<RootCertStore>),
+}
+
+/// Everything needed to make the TLS configuration of one connection attempt.
+#[derive(Clone)]
+pub(crate) struct TlsSetup {
+    /// The application's own configuration, used as it is.
+    user: Option<Arc<ClientConfig>>,
+    /// Where the roots come from; a file is read again on every attempt, so a renewed
+    /// bundle is picked up on reconnect.
+    roots: Option<RootCert>,
+    /// The platform's roots, loaded once.
+    system: Option<Arc<RootCertStore>>,
+    mode: SslMode,
+    client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    sni: bool,
+}
+
+impl std::fmt::Debug for TlsSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSetup")
+            .field("custom_config", &self.user.is_some())
+            .field("sslmode", &self.mode)
+            .field("sslrootcert", &self.roots)
+            .field(
+                "client_certificate",
+                &self.client_cert.as_ref().map(|(c, _)| c),
+            )
+            .finish()
+    }
+}
+
+impl TlsSetup {
+    /// Checks the TLS settings of `plan` (reading the files once, so a missing or
+    /// broken file is reported before the first connection attempt).
+    pub(crate) fn new(plan: &ConnPlan, user: Option<Arc<ClientConfig>>) -> Result<TlsSetup> {
+        if user.is_some() {
+            let conflicting: Vec<&str> = [
+                ("sslrootcert", plan.sslrootcert.is_some()),
+                ("sslcert", plan.sslcert.is_some()),
+                ("sslkey", plan.sslkey.is_some()),
+            ]
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(key, _)| *key)
+            .collect();
+            if !conflicting.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "{} cannot be combined with ListenerBuilder::tls_config: put the root \
+                         and client certificates into your rustls::ClientConfig, or drop \
+                         tls_config",
+                        conflicting.join(", ")
+                    ),
+                ));
+            }
+        } else if matches!(plan.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
+            && plan.sslrootcert.is_none()
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "sslmode={} needs sslrootcert: the path of a PEM file with your server's \
+                     root certificate(s) (your provider publishes one), or sslrootcert=system \
+                     for the platform's trust store",
+                    plan.sslmode
+                ),
+            ));
+        }
+        let system = match plan.sslrootcert {
+            Some(RootCert::System) if user.is_none() => Some(Arc::new(system_roots()?)),
+            _ => None,
+        };
+        let setup = TlsSetup {
+            user,
+            roots: plan.sslrootcert.clone(),
+            system,
+            mode: plan.sslmode,
+            client_cert: plan.sslcert.clone().zip(plan.sslkey.clone()),
+            sni: plan.sslsni,
+        };
+        setup.connector()?;
+        Ok(setup)
+    }
+
+    /// The TLS connector for one attempt.
+    pub(crate) fn connector(&self) -> Result<MakeRustlsConnect> {
+        if let Some(user) = &self.user {
+            return Ok(MakeRustlsConnect::new(ClientConfig::clone(user)));
+        }
+        let roots = match &self.roots {
+            None => None,
+            Some(RootCert::System) => self.system.clone(),
+            Some(RootCert::File(path)) => Some(Arc::new(file_roots(path)?)),
+        };
+        let verify = match (roots, self.mode) {
+            (None, _) => Verify::Nothing,
+            (Some(roots), SslMode::VerifyFull) => Verify::Full(roots),
+            // As libpq: with a root certificate, every other mode checks the chain.
+            (Some(roots), _) => Verify::Chain(roots),
+        };
+        let provider = provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Tls,
+                    "the TLS library refused its own default protocol versions",
+                    e,
+                )
+            })?;
+        let builder = match verify {
+            Verify::Nothing => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification { provider })),
+            Verify::Chain(roots) => {
+                let inner = webpki_verifier(roots, provider)?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly { inner }))
+            }
+            Verify::Full(roots) => builder.with_webpki_verifier(webpki_verifier(roots, provider)?),
+        };
+        let mut config = match &self.client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let (chain, key_der) = client_identity(cert, key)?;
+                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Config,
+                        format!(
+                            "sslcert {} and sslkey {} do not form a usable client \
+                             certificate: {e}",
+                            cert.display(),
+                            key.display()
+                        ),
+                        e,
+                    )
+                })?
+            }
+        };
+        config.enable_sni = self.sni;
+        // Needed by servers that accept direct TLS (sslnegotiation=direct); ignored by
+        // the others.
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
+        Ok(MakeRustlsConnect::new(config))
+    }
+
+    /// What the server certificate must chain to, in words.
+    fn roots_in_words(&self) -> String {
+        match (&self.user, &self.roots) {
+            (Some(_), _) => "the roots of your tls_config".to_owned(),
+            (None, Some(RootCert::System)) => {
+                "the platform's trust store (sslrootcert=system)".to_owned()
+            }
+            (None, Some(RootCert::File(path))) => format!("sslrootcert {}", path.display()),
+            (None, None) => "no root certificate".to_owned(),
+        }
+    }
+}
+
+fn webpki_verifier(
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>> {
+    WebPkiServerVerifier::builder_with_provider(roots, provider)
+        .build()
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::Config,
+                format!("the root certificates cannot be used: {e}"),
+                e,
+            )
+        })
+}
+
+/// The platform's trust store, through rustls-native-certs.
+fn system_roots() -> Result<RootCertStore> {
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
+    if added == 0 {
+        let detail = loaded
+            .errors
+            .first()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "sslrootcert=system: no usable certificate was found in the platform's trust \
+                 store{detail}; install the CA certificates package, or give the path of a \
+                 PEM file"
+            ),
+        ));
+    }
+    Ok(roots)
+}
+
+/// The certificates of a PEM file, as trusted roots.
+fn file_roots(path: &Path) -> Result<RootCertStore> {
+    let certs = read_certificates(path, "sslrootcert")?;
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Config,
+                format!(
+                    "sslrootcert {} holds a certificate that cannot be used as a root: {e}",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+fn read_certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let unreadable = |e: rustls::pki_types::pem::Error| {
+        Error::with_source(
+            ErrorKind::Config,
+            format!(
+                "could not read {key} {}: {}",
+                path.display(),
+                describe_pem_error(&e)
+            ),
+            e,
+        )
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(unreadable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unreadable)?;
+    if certs.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "{key} {} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")",
+                path.display()
+            ),
+        ));
+    }
+    Ok(certs)
+}
+
+/// The client certificate chain and its key. The key's contents never reach a message.
+fn client_identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let chain = read_certificates(cert, "sslcert")?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        let detail = match &e {
+            rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "it holds no PEM private key (\"-----BEGIN PRIVATE KEY-----\")".to_owned()
+            }
+            _ => "it is not a valid PEM private key".to_owned(),
+        };
+        Error::new(
+            ErrorKind::Config,
+            format!("could not read sslkey {}: {detail}", key.display()),
+        )
+    })?;
+    Ok((chain, key_der))
+}
+
+fn describe_pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        _ => "it is not a valid PEM file".to_owned(),
+    }
+}
+
+/// `require` without a root certificate: encrypt, but accept any certificate. The
+/// handshake signature is still checked, so the session key belongs to the certificate.
+#[derive(Debug)]
+struct NoVerification {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `verify-ca`: the full WebPKI check, except that a certificate for another name is
+/// accepted. WebPKI checks the chain (and validity, and usage) before the name, so a
+/// name error means everything else passed.
+#[derive(Debug)]
+struct ChainOnly {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The rustls error somewhere in `err`'s chain (tokio-rustls wraps it in an
+/// `io::Error`, whose `source()` skips it).
+fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        if let Some(found) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// A name as rustls presents it (`DnsName("db.example.com")`, `IpAddress(10.0.0.1)`),
+/// without the decoration.
+fn plain_name(presented: &str) -> &str {
+    presented
+        .strip_prefix("DnsName(\"")
+        .and_then(|rest| rest.strip_suffix("\")"))
+        .or_else(|| {
+            presented
+                .strip_prefix("IpAddress(")
+                .and_then(|rest| rest.strip_suffix(')'))
+        })
+        .unwrap_or(presented)
+}
+
+/// If `err` is a TLS failure, what went wrong and what to do, in words. `host` is the
+/// name the certificate was checked against.
+pub(crate) fn explain(err: &tokio_postgres::Error, host: &str, setup: &TlsSetup) -> Option<String> {
+    let found = find_rustls_error(err)?;
+    let roots = setup.roots_in_words();
+    let sent_cert = setup.client_cert.is_some();
+    Some(match found {
+        rustls::Error::InvalidCertificate(cert_error) => match cert_error {
+            CertificateError::NotValidForName => format!(
+                "the server certificate is not valid for host \"{host}\"; connect with the name \
+                 the certificate was issued for (sslmode=verify-full checks it)"
+            ),
+            CertificateError::NotValidForNameContext { presented, .. } => format!(
+                "the server certificate is not valid for host \"{host}\" (it names {}); connect \
+                 with one of those names (sslmode=verify-full checks it)",
+                presented
+                    .iter()
+                    .map(|name| plain_name(name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            CertificateError::UnknownIssuer => format!(
+                "unknown certificate authority: the server certificate does not chain to \
+                 {roots}; set sslrootcert to the CA bundle your database provider publishes"
+            ),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "the server certificate has expired; the server needs a renewed certificate \
+                 (or check this machine's clock)"
+                    .to_owned()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "the server certificate is not valid yet; check this machine's clock".to_owned()
+            }
+            CertificateError::Revoked => "the server certificate has been revoked".to_owned(),
+            CertificateError::BadSignature => {
+                "the server certificate has an invalid signature".to_owned()
+            }
+            other => format!("the server certificate was refused: {other}"),
+        },
+        rustls::Error::AlertReceived(alert) => match alert {
+            AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::AccessDenied
+                if sent_cert =>
+            {
+                format!(
+                    "the server did not accept the client certificate (sslcert): it answered \
+                     \"{alert:?}\"; the certificate must be signed by a CA the server trusts \
+                     (its ssl_ca_file)"
+                )
+            }
+            AlertDescription::CertificateRequired => {
+                "the server requires a client certificate: set sslcert and sslkey".to_owned()
+            }
+            AlertDescription::HandshakeFailure | AlertDescription::ProtocolVersion => format!(
+                "the server refused the TLS handshake (\"{alert:?}\"): no TLS version or cipher \
+                 in common (pglisten needs TLS 1.2 or newer)"
+            ),
+            other => format!("the server ended the TLS handshake with \"{other:?}\""),
+        },
+        rustls::Error::PeerIncompatible(detail) => {
+            format!("the server's TLS is not compatible: {detail:?}")
+        }
+        other => format!("TLS failed: {other}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_modes_need_a_root_certificate() {
+        for mode in ["verify-ca", "verify-full"] {
+            let plan = ConnPlan::parse(&format!("user=u sslmode={mode}"), &[]).unwrap();
+            let err = TlsSetup::new(&plan, None).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.to_string().contains("sslrootcert"), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let plan = ConnPlan::parse(
+            "user=u sslmode=verify-ca sslrootcert=/nonexistent/ca.pem",
+            &[],
+        )
+        .unwrap();
+        let err = TlsSetup::new(&plan, None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn custom_config_conflicts_with_file_keys() {
+        let plan = ConnPlan::parse("user=u sslrootcert=/x.pem", &[]).unwrap();
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        let err = TlsSetup::new(&plan, Some(Arc::new(config))).unwrap_err();
+        assert!(err.to_string().contains("sslrootcert"), "{err}");
+    }
+
+    #[test]
+    fn presented_names_lose_their_decoration() {
+        assert_eq!(plain_name("DnsName(\"db.example.com\")"), "db.example.com");
+        assert_eq!(plain_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(plain_name("other"), "other");
+    }
+
+    #[test]
+    fn the_process_default_provider_is_never_used() {
+        // A process default that cannot do anything: any configuration built from it
+        // fails. pglisten's own provider is chosen explicitly, so it still works.
+        let useless = CryptoProvider {
+            cipher_suites: Vec::new(),
+            kx_groups: Vec::new(),
+            ..rustls::crypto::ring::default_provider()
+        };
+        let _ = useless.install_default();
+        let plan = ConnPlan::parse("user=u sslmode=require", &[]).unwrap();
+        TlsSetup::new(&plan, None).unwrap().connector().unwrap();
+    }
+
+    #[test]
+    fn require_without_roots_builds() {
+        let plan = ConnPlan::parse("user=u sslmode=require", &[]).unwrap();
+        TlsSetup::new(&plan, None).unwrap();
+    }
+}

@@ -1,0 +1,155 @@
+//! Test certificates made at run time with `rcgen` (feature `tls`): a certificate
+//! authority, server certificates for chosen names, and client certificates for
+//! `cert` authentication. Nothing is read from or written to disk here; put the PEM
+//! text where it is needed, for example with [`ClusterBuilder::tls`] and
+//! [`ClusterBuilder::file`].
+//!
+//! ```no_run
+//! use pglisten_testkit::{Cluster, tls::TestCa};
+//!
+//! let ca = TestCa::new("pglisten test CA")?;
+//! let server = ca.server_cert(&["localhost", "127.0.0.1"])?;
+//! let cluster = Cluster::builder()
+//!     .tls(&ca, &server)
+//!     .file("client/root.crt", ca.cert_pem().as_bytes())
+//!     .start()?;
+//! let root = cluster.data_dir().join("client/root.crt");
+//! let url = format!(
+//!     "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+//!     cluster.port(),
+//!     root.display()
+//! );
+//! # let _ = url;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::io;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::ClusterBuilder;
+
+fn rcgen_error(what: &str) -> impl Fn(rcgen::Error) -> io::Error + '_ {
+    move |e| io::Error::other(format!("generating {what}: {e}"))
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct CertAndKey {
+    /// The certificate (`-----BEGIN CERTIFICATE-----`).
+    pub cert_pem: String,
+    /// The PKCS#8 private key (`-----BEGIN PRIVATE KEY-----`).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertAndKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAndKey")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A throwaway certificate authority (ECDSA P-256), valid from 1975 to 4096.
+pub struct TestCa {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestCa {
+    /// Creates a new CA whose certificate has the common name `name`.
+    ///
+    /// # Errors
+    ///
+    /// If key generation or signing fails.
+    pub fn new(name: &str) -> io::Result<TestCa> {
+        let mut params = CertificateParams::new(Vec::new()).map_err(rcgen_error("CA params"))?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().map_err(rcgen_error("CA key"))?;
+        let cert = params.self_signed(&key).map_err(rcgen_error("CA"))?;
+        Ok(TestCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA certificate, PEM: what a client trusts (`sslrootcert`), and what the
+    /// server trusts for client certificates (`ssl_ca_file`).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses, as subject
+    /// alternative names), signed by this CA.
+    ///
+    /// # Errors
+    ///
+    /// If a name is invalid, or key generation or signing fails.
+    pub fn server_cert(&self, names: &[&str]) -> io::Result<CertAndKey> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).map_err(rcgen_error("server params"))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "pglisten test server");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params, "server certificate")
+    }
+
+    /// A client certificate for `cert` authentication as `user` (its common name),
+    /// signed by this CA.
+    ///
+    /// # Errors
+    ///
+    /// If key generation or signing fails.
+    pub fn client_cert(&self, user: &str) -> io::Result<CertAndKey> {
+        let mut params =
+            CertificateParams::new(Vec::new()).map_err(rcgen_error("client params"))?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, "client certificate")
+    }
+
+    fn sign(&self, params: CertificateParams, what: &str) -> io::Result<CertAndKey> {
+        let key = KeyPair::generate().map_err(rcgen_error(what))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(rcgen_error(what))?;
+        Ok(CertAndKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+impl ClusterBuilder {
+    /// Turns TLS on: `ssl = on` with `server` as the server's certificate and key, and
+    /// `ca` as `ssl_ca_file`, so `cert` authentication accepts client certificates
+    /// signed by it. Combine with [`hba`](Self::hba) `hostssl` lines to require TLS.
+    pub fn tls(self, ca: &TestCa, server: &CertAndKey) -> Self {
+        self.setting("ssl", "on")
+            .setting("ssl_cert_file", "server.crt")
+            .setting("ssl_key_file", "server.key")
+            .setting("ssl_ca_file", "root.crt")
+            .file("server.crt", server.cert_pem.as_bytes())
+            .file("server.key", server.key_pem.as_bytes())
+            .file("root.crt", ca.cert_pem().as_bytes())
+    }
+}

@@ -1,0 +1,151 @@
+//! Several hosts in one connection string: tried in order on every (re)connect, and a
+//! standby is never used (LISTEN cannot run there). `Reconnected` names the host.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pglisten::{Backoff, ErrorKind, Event, Listener, ReconnectReport, Subscription};
+use pglisten_testkit::{Cluster, StopMode};
+
+fn fast_backoff() -> Backoff {
+    Backoff::new()
+        .initial(Duration::from_millis(50))
+        .max(Duration::from_millis(300))
+}
+
+/// A port on 127.0.0.1 where nothing listens (it was free a moment ago).
+fn closed_port() -> u16 {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("addr").port()
+}
+
+fn url_for(ports: &[u16]) -> String {
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    format!("postgres://postgres@{}/postgres", hosts.join(","))
+}
+
+async fn next_reconnected(sub: &mut Subscription) -> ReconnectReport {
+    let (_, event) = until(sub, |e| matches!(e, Event::Reconnected(_))).await;
+    match event {
+        Event::Reconnected(report) => report,
+        _ => unreachable!(),
+    }
+}
+
+/// A cluster started in recovery (`standby.signal`): it accepts read-only connections
+/// and `pg_is_in_recovery()` is true.
+async fn standby() -> Cluster {
+    blocking(|| {
+        Cluster::builder()
+            .file("standby.signal", b"")
+            .start()
+            .expect("could not start a standby cluster")
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_second_host_is_used_when_the_first_is_down() {
+    let cluster = own_cluster().await;
+    let url = url_for(&[closed_port(), cluster.port()]);
+    let listener = Listener::builder(&url)
+        .backoff(fast_backoff())
+        .connect_lazy()
+        .unwrap();
+    let channel = unique("failover_first_down");
+    let mut sub = listener.subscribe([&channel]).await.unwrap();
+    let report = next_reconnected(&mut sub).await;
+    assert_eq!(report.host(), format!("127.0.0.1:{}", cluster.port()));
+    listener.notify(&channel, "via the second").await.unwrap();
+    assert_eq!(
+        next_notification(&mut sub).await.payload(),
+        "via the second"
+    );
+    // The eager connect takes the same path.
+    Listener::connect(&url).await.unwrap().shutdown().await;
+    listener.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_fails_over_to_the_next_host() {
+    let first = Arc::new(own_cluster().await);
+    let second = own_cluster().await;
+    let url = url_for(&[first.port(), second.port()]);
+    let listener = Listener::builder(&url)
+        .backoff(fast_backoff())
+        .connect_lazy()
+        .unwrap();
+    let channel = unique("failover_reconnect");
+    let mut sub = listener.subscribe([&channel]).await.unwrap();
+    assert_eq!(
+        next_reconnected(&mut sub).await.host(),
+        format!("127.0.0.1:{}", first.port())
+    );
+
+    let f = first.clone();
+    blocking(move || f.stop(StopMode::Fast)).await.unwrap();
+    let (_, lost) = until(&mut sub, |e| matches!(e, Event::Error(_))).await;
+    let Event::Error(lost) = lost else {
+        unreachable!()
+    };
+    assert_eq!(lost.kind(), ErrorKind::ConnectionLost, "{lost}");
+    let report = next_reconnected(&mut sub).await;
+    assert_eq!(report.host(), format!("127.0.0.1:{}", second.port()));
+    let admin = admin(&second.url()).await;
+    send(&admin, &channel, "from the second").await;
+    assert_eq!(
+        next_notification(&mut sub).await.payload(),
+        "from the second"
+    );
+    listener.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_standby_is_refused_with_a_clear_error_and_the_primary_is_used() {
+    let standby = standby().await;
+    let primary = own_cluster().await;
+    let admin_standby = admin(&standby.url()).await;
+    let row = admin_standby
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the test standby is in recovery");
+
+    let error = Listener::connect(&standby.url()).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Connect, "{error}");
+    let text = error.to_string();
+    assert!(text.contains("standby"), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{}", standby.port())),
+        "{text}"
+    );
+
+    let url = url_for(&[standby.port(), primary.port()]);
+    let listener = Listener::builder(&url)
+        .backoff(fast_backoff())
+        .connect_lazy()
+        .unwrap();
+    let channel = unique("failover_standby");
+    let mut sub = listener.subscribe([&channel]).await.unwrap();
+    let report = next_reconnected(&mut sub).await;
+    assert_eq!(report.host(), format!("127.0.0.1:{}", primary.port()));
+    listener.notify(&channel, "on the primary").await.unwrap();
+    assert_eq!(
+        next_notification(&mut sub).await.payload(),
+        "on the primary"
+    );
+    listener.shutdown().await;
+
+    // Both unusable: one error that names each host's problem.
+    let dead = closed_port();
+    let error = Listener::connect(&url_for(&[standby.port(), dead]))
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("none of the 2 hosts"), "{text}");
+    assert!(text.contains("standby"), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{dead}")), "{text}");
+}
