@@ -96,6 +96,26 @@
 //! [`ListenerBuilder::connect_timeout`], and the session's `idle_session_timeout` is
 //! turned off (PostgreSQL 14+).
 //!
+//! # TLS and managed databases
+//!
+//! Connection strings are read as libpq reads them, in URL or key=value form, including
+//! `sslmode` (`disable`, `allow`, `prefer` (the default), `require`, `verify-ca`,
+//! `verify-full`), `sslrootcert` (a PEM file or `system`), `sslcert`/`sslkey` and
+//! `channel_binding`, over rustls with an explicitly chosen crypto provider. Several
+//! hosts are tried in order and a standby is refused. For short-lived credentials (cloud
+//! IAM tokens), [`ListenerBuilder::credentials`] is called before every connection
+//! attempt. The full list of keys and their meaning is on [`ListenerBuilder`].
+//! TLS problems are errors of kind [`ErrorKind::Tls`] that say what to fix.
+//!
+//! ```no_run
+//! # async fn run() -> pglisten::Result<()> {
+//! let listener = pglisten::Listener::connect(
+//!     "postgres://app@db.example.com/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+//! )
+//! .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Poolers and replicas
 //!
 //! LISTEN needs a session of its own: connect directly, or through a pooler in *session*
@@ -118,6 +138,9 @@
 //!
 //! # Feature flags
 //!
+//! - `tls` (on by default): TLS over rustls with the ring provider: `sslmode`,
+//!   `sslrootcert`, client certificates, channel binding; re-exports `rustls`. Without
+//!   it, a connection string that demands TLS is a [`ErrorKind::Config`] error.
 //! - `serde` (off by default): JSON payloads with `Notification::json`,
 //!   `Listener::notify_json` and `pglisten::notify_json` (the 8000-byte limit is checked
 //!   on the encoded bytes).
