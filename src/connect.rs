@@ -823,7 +823,7 @@ mod tests {
             Some(&keepalive.user_timeout)
         );
         let mut spec =
-            ConnectSpec::parse("host=db user=u keepalives_idle=30 tcp_user_timeout=9").unwrap();
+            ConnectSpec::parse("host=db user=u keepalives_idle=30 tcp_user_timeout=9000").unwrap();
         spec.set_tcp_keepalive(keepalive);
         assert_eq!(
             spec.plan.base.get_keepalives_idle(),

@@ -29,7 +29,6 @@ const DRIVER_KEYS: &[&str] = &[
     "application_name",
     "channel_binding",
     "sslnegotiation",
-    "tcp_user_timeout",
     "keepalives",
     "keepalives_idle",
     "keepalives_interval",
@@ -50,6 +49,8 @@ const OWN_KEYS: &[&str] = &[
     "target_session_attrs",
     "load_balance_hosts",
     "fallback_application_name",
+    // libpq reads it in milliseconds; tokio-postgres would read seconds.
+    "tcp_user_timeout",
 ];
 
 /// libpq keys that pglisten knows about but does not support.
@@ -525,6 +526,21 @@ fn build(mut params: BTreeMap<String, String>) -> Result<ConnPlan> {
             e,
         )
     })?;
+    match params
+        .get("tcp_user_timeout")
+        .map(|v| v.trim().parse::<u64>())
+    {
+        None | Some(Ok(0)) => {} // 0: the system default, as in libpq
+        Some(Ok(millis)) => {
+            base.tcp_user_timeout(Duration::from_millis(millis));
+        }
+        Some(Err(_)) => {
+            return Err(invalid_value(
+                "tcp_user_timeout",
+                "a number of milliseconds",
+            ));
+        }
+    }
     if base.get_application_name().is_none() {
         let name = params
             .get("fallback_application_name")
@@ -801,6 +817,25 @@ mod tests {
         assert_eq!(p.host_timeout, Some(Duration::from_secs(2)));
         let e = err("user=u channel_binding=maybe");
         assert!(e.to_string().contains("channel_binding"), "{e}");
+    }
+
+    #[test]
+    fn tcp_user_timeout_is_in_milliseconds_as_in_libpq() {
+        let p = plan("user=u tcp_user_timeout=1500");
+        assert_eq!(
+            p.base.get_tcp_user_timeout(),
+            Some(&Duration::from_millis(1500))
+        );
+        assert_eq!(
+            plan("user=u tcp_user_timeout=0")
+                .base
+                .get_tcp_user_timeout(),
+            None
+        );
+        assert_eq!(
+            err("user=u tcp_user_timeout=soon").kind(),
+            ErrorKind::Config
+        );
     }
 
     #[test]
