@@ -14,10 +14,10 @@
 //!
 //! The example queues jobs before any worker runs (only the start-up scans can find
 //! them), while the workers listen, and right after forcing every worker to reconnect
-//! (their notifications may be lost: then only the scans after the gap find them). It
-//! exits 1 unless every job was done exactly once, the early ones by start-up scans,
-//! and every worker was told about its gap. It works in a schema of its own, dropped
-//! at the end.
+//! (their notifications may be lost: then only the scans after the gap find them), and
+//! once more when every worker is back. It exits 1 unless every job was done exactly
+//! once, the early ones by start-up scans. It works in a schema of its own, dropped at
+//! the end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
@@ -84,6 +84,16 @@ struct Done {
     reason: Reason,
 }
 
+/// What the workers tell the main task.
+#[derive(Debug)]
+enum Report {
+    Done(Done),
+    /// The worker was told about a gap, and has scanned for jobs since.
+    BackFromGap {
+        worker: i32,
+    },
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(problem) = run().await {
@@ -124,40 +134,37 @@ async fn demonstrate(url: &str, db: &Client, schema: &str) -> Result<()> {
 
     println!("queueing 10 jobs before any worker runs");
     let early = add_jobs(db, 10).await?;
-    let (done_sender, mut done) = mpsc::unbounded_channel();
+    let (report_sender, mut inbox) = mpsc::unbounded_channel();
     let mut workers = Vec::new();
     for worker in 1..=WORKERS {
-        workers.push(start_worker(url, schema, worker, done_sender.clone()).await?);
+        workers.push(start_worker(url, schema, worker, report_sender.clone()).await?);
     }
-    drop(done_sender);
+    drop(report_sender);
     println!("{WORKERS} workers started");
-    reports.wait_for(&mut done, 10).await?;
+    reports.wait_for(&mut inbox, 10, 0).await?;
 
     println!("queueing 20 jobs while the workers listen");
     add_jobs(db, 20).await?;
-    reports.wait_for(&mut done, 30).await?;
+    reports.wait_for(&mut inbox, 30, 0).await?;
 
     println!("forcing every worker to reconnect, and queueing 10 jobs meanwhile");
     for (listener, _) in &workers {
         listener.reconnect()?;
     }
     add_jobs(db, 10).await?;
-    reports.wait_for(&mut done, 40).await?;
+    reports.wait_for(&mut inbox, 40, WORKERS as usize).await?;
 
-    println!("queueing 10 more jobs");
+    println!("every worker is back; queueing 10 more jobs");
     add_jobs(db, 10).await?;
-    reports.wait_for(&mut done, 50).await?;
+    reports.wait_for(&mut inbox, 50, WORKERS as usize).await?;
 
     // Shutting a listener down ends its subscription's stream, and so its worker.
     for (listener, worker) in workers {
         listener.shutdown().await;
-        let gaps = worker.await??;
-        if gaps == 0 {
-            return Err("a worker was never told about the gap after its reconnect".into());
-        }
+        worker.await??;
     }
-    while let Ok(late) = done.try_recv() {
-        reports.all.push(late); // a job done twice would show up here
+    while let Ok(late) = inbox.try_recv() {
+        reports.add(late); // a job done twice would show up here
     }
     reports.print_summary();
     reports.check(db, &early).await
@@ -168,39 +175,40 @@ async fn start_worker(
     url: &str,
     schema: &str,
     worker: i32,
-    done: mpsc::UnboundedSender<Done>,
-) -> Result<(Listener, JoinHandle<Result<u32>>)> {
+    reports: mpsc::UnboundedSender<Report>,
+) -> Result<(Listener, JoinHandle<Result<()>>)> {
     let listener = Listener::connect(url).await?;
     let events = listener.subscribe([format!("{schema}.jobs")]).await?;
     let db = connect(url).await?;
     db.batch_execute(&format!("SET search_path TO {schema}"))
         .await?;
-    let task = tokio::spawn(work(worker, events, db, done));
+    let task = tokio::spawn(work(worker, events, db, reports));
     Ok((listener, task))
 }
 
 /// A worker's life: subscribed already, it scans for waiting jobs, then claims jobs
-/// whenever it is woken, until its listener shuts down. Returns how many gaps it saw.
+/// whenever it is woken, until its listener shuts down.
 async fn work(
     worker: i32,
     mut events: Subscription,
     db: Client,
-    done: mpsc::UnboundedSender<Done>,
-) -> Result<u32> {
-    let mut gaps = 0;
-    claim_all(worker, &db, Reason::StartUpScan, &done).await?;
+    reports: mpsc::UnboundedSender<Report>,
+) -> Result<()> {
+    claim_all(worker, &db, Reason::StartUpScan, &reports).await?;
     while let Some(event) = events.next().await {
         match event {
-            Event::Notification(_) => claim_all(worker, &db, Reason::Notification, &done).await?,
+            Event::Notification(_) => {
+                claim_all(worker, &db, Reason::Notification, &reports).await?;
+            }
             Event::Reconnected(_) | Event::Lagged(_) => {
-                gaps += 1;
-                claim_all(worker, &db, Reason::GapScan, &done).await?;
+                claim_all(worker, &db, Reason::GapScan, &reports).await?;
+                let _ = reports.send(Report::BackFromGap { worker });
             }
             Event::Error(e) => println!("  worker {worker}: {e}"),
             _ => {}
         }
     }
-    Ok(gaps)
+    Ok(())
 }
 
 /// Claims and does jobs until none is left.
@@ -208,17 +216,17 @@ async fn claim_all(
     worker: i32,
     db: &Client,
     reason: Reason,
-    done: &mpsc::UnboundedSender<Done>,
+    reports: &mpsc::UnboundedSender<Report>,
 ) -> Result<()> {
     while let Some(row) = db.query_opt(CLAIM, &[&worker]).await? {
         let job: i64 = row.get("id");
         let task: String = row.get("task");
         do_the_work(&task).await;
-        let _ = done.send(Done {
+        let _ = reports.send(Report::Done(Done {
             job,
             worker,
             reason,
-        });
+        }));
     }
     Ok(())
 }
@@ -245,28 +253,45 @@ async fn add_jobs(db: &Client, count: usize) -> Result<Vec<i64>> {
 /// What the workers reported.
 #[derive(Default)]
 struct Reports {
-    all: Vec<Done>,
+    done: Vec<Done>,
     jobs_done: BTreeSet<i64>,
+    /// Workers back from a gap.
+    workers_back: BTreeSet<i32>,
 }
 
 impl Reports {
-    /// Collects reports until `count` different jobs are done in all.
+    fn add(&mut self, report: Report) {
+        match report {
+            Report::Done(done) => {
+                self.jobs_done.insert(done.job);
+                self.done.push(done);
+            }
+            Report::BackFromGap { worker } => {
+                self.workers_back.insert(worker);
+            }
+        }
+    }
+
+    /// Collects reports until `jobs` different jobs are done and `workers_back`
+    /// workers came back from a gap, in all.
     async fn wait_for(
         &mut self,
-        done: &mut mpsc::UnboundedReceiver<Done>,
-        count: usize,
+        inbox: &mut mpsc::UnboundedReceiver<Report>,
+        jobs: usize,
+        workers_back: usize,
     ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while self.jobs_done.len() < count {
-            match tokio::time::timeout_at(deadline, done.recv()).await {
-                Ok(Some(report)) => {
-                    self.jobs_done.insert(report.job);
-                    self.all.push(report);
-                }
+        while self.jobs_done.len() < jobs || self.workers_back.len() < workers_back {
+            match tokio::time::timeout_at(deadline, inbox.recv()).await {
+                Ok(Some(report)) => self.add(report),
                 Ok(None) => return Err("every worker stopped".into()),
                 Err(_) => {
-                    let done = self.jobs_done.len();
-                    return Err(format!("only {done} of {count} jobs done after 30 s").into());
+                    return Err(format!(
+                        "after 30 s, {} of {jobs} jobs done, {} of {workers_back} workers back",
+                        self.jobs_done.len(),
+                        self.workers_back.len()
+                    )
+                    .into());
                 }
             }
         }
@@ -275,8 +300,8 @@ impl Reports {
 
     fn print_summary(&self) {
         let mut counts: BTreeMap<(i32, Reason), usize> = BTreeMap::new();
-        for report in &self.all {
-            *counts.entry((report.worker, report.reason)).or_default() += 1;
+        for done in &self.done {
+            *counts.entry((done.worker, done.reason)).or_default() += 1;
         }
         // Which path finds a job depends on timing: a worker still busy with one
         // notification's jobs wakes again for the next, and may find later jobs then.
@@ -296,19 +321,17 @@ impl Reports {
     /// nobody listened) by start-up scans.
     async fn check(&self, db: &Client, early: &[i64]) -> Result<()> {
         let mut times_done: BTreeMap<i64, usize> = BTreeMap::new();
-        for report in &self.all {
-            *times_done.entry(report.job).or_default() += 1;
+        for done in &self.done {
+            *times_done.entry(done.job).or_default() += 1;
         }
-        let missed = self
-            .all
+        let early_done_late = self
+            .done
             .iter()
-            .filter(|report| early.contains(&report.job) && report.reason != Reason::StartUpScan);
-        if missed.count() != 0 {
-            return Err(
-                "jobs queued before the workers started were not found by their \
-                        start-up scans"
-                    .into(),
-            );
+            .filter(|done| early.contains(&done.job) && done.reason != Reason::StartUpScan);
+        if early_done_late.count() != 0 {
+            let problem =
+                "jobs queued before the workers started were missed by the start-up scans";
+            return Err(problem.into());
         }
         let twice: Vec<_> = times_done.iter().filter(|(_, times)| **times > 1).collect();
         if !twice.is_empty() {
