@@ -96,16 +96,12 @@ async fn demonstrate(url: &str, db: &Client, channel: &str) -> Result<()> {
     wait_until_in_sync(&mut cache, db, &mut events).await?;
 
     println!("\n2. forcing a reconnect, and changing rows while the listener is away");
+    let connection_lost = |event: &Event| matches!(event, Event::Error(_));
+    let back = |event: &Event| matches!(event, Event::Reconnected(_));
     listener.reconnect()?;
-    feed_until(&mut cache, db, &mut events, |e| {
-        matches!(e, Event::Error(_))
-    })
-    .await?;
+    feed_until(&mut cache, db, &mut events, connection_lost).await?;
     change_rows(db, 2, 8).await?; // lost, unless the listener is back already
-    feed_until(&mut cache, db, &mut events, |e| {
-        matches!(e, Event::Reconnected(_))
-    })
-    .await?;
+    feed_until(&mut cache, db, &mut events, back).await?;
     change_rows(db, 3, 8).await?;
     wait_until_in_sync(&mut cache, db, &mut events).await?;
 
