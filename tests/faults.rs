@@ -384,10 +384,7 @@ async fn heartbeat_repairs_a_channel_unlistened_behind_the_listeners_back() {
         Event::Reconnected(report) => eprintln!("repaired: {report:?}"),
         other => panic!("expected Reconnected for the repair, got {other:?}"),
     }
-    assert_eq!(
-        listener.listening_channels().await.unwrap(),
-        [channel.clone()]
-    );
+    assert_eq!(listener.listening_channels().await.unwrap(), [&*channel]);
     send(&admin, &channel, "after").await;
     assert_eq!(next_notification(&mut sub).await.payload(), "after");
     let stats = listener.stats();
