@@ -276,20 +276,28 @@ async fn server_down_for_10s_backs_off_without_an_error_storm_then_recovers() {
     let producer = Producer::start(url.clone(), channel.clone());
     next_notification(&mut sub).await;
 
+    // Unread errors are coalesced, so read while the server is stopping too.
     let c = cluster.clone();
-    blocking(move || c.stop(StopMode::Fast))
-        .await
-        .expect("stop");
-    // The server stays down for 10 s: that is the scenario. Meanwhile, record every
-    // event and when it came.
+    let mut stopping = tokio::task::spawn_blocking(move || c.stop(StopMode::Fast));
+    // The server stays down for 10 s once stopped: that is the scenario. Meanwhile,
+    // record every event and when it came.
     let outage = Duration::from_secs(10);
-    let until_back = tokio::time::Instant::now() + outage;
+    let mut until_back: Option<tokio::time::Instant> = None;
     let mut errors: Vec<(Instant, pglisten::Error)> = Vec::new();
-    while let Ok(event) = tokio::time::timeout_at(until_back, next_event(&mut sub)).await {
-        match event {
-            Event::Error(e) => errors.push((Instant::now(), e)),
-            Event::Notification(_) if errors.is_empty() => {}
-            other => panic!("unexpected while the server is down: {other:?}"),
+    loop {
+        let deadline = until_back.unwrap_or_else(|| tokio::time::Instant::now() + WAIT);
+        tokio::select! {
+            stopped = &mut stopping, if until_back.is_none() => {
+                stopped.expect("stop panicked").expect("stop");
+                until_back = Some(tokio::time::Instant::now() + outage);
+            }
+            event = tokio::time::timeout_at(deadline, sub.next()) => match event {
+                Err(_) if until_back.is_some() => break,
+                Err(_) => panic!("the server did not stop within {WAIT:?}"),
+                Ok(Some(Event::Error(e))) => errors.push((Instant::now(), e)),
+                Ok(Some(Event::Notification(_))) if errors.is_empty() => {}
+                Ok(other) => panic!("unexpected while the server is down: {other:?}"),
+            },
         }
     }
     let kinds: Vec<ErrorKind> = errors.iter().map(|(_, e)| e.kind()).collect();

@@ -270,7 +270,16 @@ async fn inject(
     let reconnected = Seen::get(&seen.reconnected);
     match fault {
         Fault::TerminateBackend => {
-            let pid = listener.backend_pid().expect("listening between faults");
+            // Between faults the listener is connected, unless a heartbeat on this
+            // busy machine was late and it is reconnecting right now.
+            let deadline = Instant::now() + WAIT;
+            let pid = loop {
+                if let Some(pid) = listener.backend_pid() {
+                    break pid;
+                }
+                assert!(Instant::now() < deadline, "not connected for {WAIT:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
             admin
                 .execute("SELECT pg_terminate_backend($1)", &[&pid])
                 .await;
