@@ -450,6 +450,13 @@ mod tests {
             .expect("the cut is seen");
         let err = read.expect_err("a reset, not an orderly close");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        tokio::time::timeout(WAIT, async {
+            while proxy.connections() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the cut connection is gone");
         let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(round_trip(&mut again, b"y").await, b"y");
         assert_eq!(proxy.accepted(), 2);
