@@ -1,8 +1,9 @@
 //! Throwaway PostgreSQL clusters for the integration tests, examples and
 //! benchmarks of `pglisten`.
 //!
-//! Dependencies: none (std only, no `unsafe`); the optional `tls` feature adds `rcgen`
-//! for test certificates (module [`tls`]).
+//! Dependencies: std for the clusters; `tokio` for the network-fault helpers
+//! [`FaultProxy`] and [`BlackHole`] (see the `proxy` module); the optional `tls` feature
+//! adds `rcgen` for test certificates (module `tls`). No `unsafe`.
 //!
 //! Every [`Cluster`] is a real PostgreSQL server started from the installed
 //! server binaries (see [`bin_dir`]), listening on `127.0.0.1` on a free port,
@@ -34,6 +35,10 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod proxy;
+
+pub use proxy::{BlackHole, FaultProxy};
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;

@@ -3,12 +3,13 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
 use pglisten::tokio_postgres::{self, Client, NoTls};
-use pglisten::{Event, Notification, Subscription};
+use pglisten::{Backoff, Event, Notification, Subscription};
 
 /// The longest any single expected event may take. Generous: machines are shared.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -114,6 +115,18 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
         .expect("blocking task panicked")
 }
 
+/// A [`FaultProxy`](pglisten_testkit::FaultProxy) in front of `cluster`, and the
+/// superuser URL that goes through it.
+pub async fn proxy_to(
+    cluster: &pglisten_testkit::Cluster,
+) -> (pglisten_testkit::FaultProxy, String) {
+    let proxy = pglisten_testkit::FaultProxy::start(([127, 0, 0, 1], cluster.port()).into())
+        .await
+        .expect("start the fault proxy");
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port());
+    (proxy, url)
+}
+
 /// Whether a backend with this pid is still connected.
 pub async fn backend_alive(client: &Client, pid: i32) -> bool {
     let row = client
@@ -124,4 +137,118 @@ pub async fn backend_alive(client: &Client, pid: i32) -> bool {
         .await
         .expect("pg_stat_activity query");
     row.get::<_, i64>(0) > 0
+}
+
+/// Sends numbered notifications on `channel` every few milliseconds until stopped,
+/// reconnecting its own connection as needed: traffic keeps flowing across every gap.
+pub struct Producer {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Producer {
+    pub fn start(url: String, channel: String) -> Producer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (stop, sent) = (stop.clone(), sent.clone());
+            async move {
+                let mut client = None;
+                while !stop.load(Ordering::Relaxed) {
+                    if client.is_none() {
+                        client = match pglisten::tokio_postgres::connect(
+                            &url,
+                            pglisten::tokio_postgres::NoTls,
+                        )
+                        .await
+                        {
+                            Ok((c, conn)) => {
+                                tokio::spawn(async move {
+                                    let _ = conn.await;
+                                });
+                                Some(c)
+                            }
+                            Err(_) => None,
+                        };
+                    }
+                    if let Some(c) = &client {
+                        let n = sent.load(Ordering::Relaxed);
+                        match pglisten::notify(c, &channel, &n.to_string()).await {
+                            Ok(()) => {
+                                sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => client = None,
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        Producer { stop, sent, task }
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+    }
+}
+
+/// Reads until `Reconnected`, checking what a consumer relies on: the loss is announced
+/// as an error of kind ConnectionLost, and no notification arrives between that error
+/// and `Reconnected`. Returns the report.
+pub async fn expect_gap(sub: &mut Subscription) -> pglisten::ReconnectReport {
+    let (before, _) = until(sub, |e| matches!(e, Event::Error(_))).await;
+    assert!(
+        before.iter().all(|e| matches!(e, Event::Notification(_))),
+        "only notifications before the loss: {before:?}"
+    );
+    let (between, reconnected) = until(sub, |e| matches!(e, Event::Reconnected(_))).await;
+    for event in &between {
+        match event {
+            Event::Error(_) => {}
+            other => panic!("between the loss and Reconnected only errors may come: {other:?}"),
+        }
+    }
+    match reconnected {
+        Event::Reconnected(report) => report,
+        _ => unreachable!(),
+    }
+}
+
+/// After a gap: notifications sent from now on all arrive, in order.
+pub async fn expect_flow_after_gap(sub: &mut Subscription, producer: &Producer) {
+    // The producer keeps sending; what it sends after this point must arrive.
+    let from = producer.sent() + 1;
+    let mut last = None;
+    loop {
+        match next_event(sub).await {
+            Event::Notification(n) => {
+                let k: u64 = n.payload().parse().unwrap();
+                if let Some(prev) = last {
+                    // The producer may resend a number whose commit it could not confirm.
+                    assert!(
+                        k == prev + 1 || k == prev,
+                        "missed after Reconnected: {prev} -> {k}"
+                    );
+                }
+                last = Some(k);
+                if k >= from + 20 {
+                    return;
+                }
+            }
+            other => panic!("unexpected event after Reconnected: {other:?}"),
+        }
+    }
+}
+
+/// Quick retries (50 ms growing to 500 ms), so that recoveries do not wait long.
+pub fn fast_backoff() -> Backoff {
+    Backoff::new()
+        .initial(Duration::from_millis(50))
+        .max(Duration::from_millis(500))
 }

@@ -1,0 +1,489 @@
+//! Network faults on demand, on the loopback interface only.
+//!
+//! [`FaultProxy`] sits between a client and a server and forwards bytes both ways; at
+//! any moment a test can make it stall (a black-holed path), add latency, or cut every
+//! connection with a reset. [`BlackHole`] is an address where a TCP connection attempt
+//! is never answered, like a firewalled host.
+//!
+//! Both need a tokio runtime (they are built on `tokio::net`), and both only ever bind
+//! and connect to `127.0.0.1`.
+//!
+//! ```no_run
+//! # async fn run(cluster: &pglisten_testkit::Cluster) -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use pglisten_testkit::FaultProxy;
+//!
+//! let proxy = FaultProxy::start(([127, 0, 0, 1], cluster.port()).into()).await?;
+//! let url = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port());
+//! // ... connect a client to `url` ...
+//! proxy.latency(Duration::from_millis(200)); // every chunk is 200 ms late, each way
+//! proxy.stall(); // nothing moves any more; the sockets stay open
+//! proxy.pass(); // everything held back flows again
+//! proxy.cut(); // every connection is reset (RST) on both sides
+//! # let _ = url;
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+/// Size of one read, in bytes.
+const CHUNK: usize = 16 * 1024;
+/// Chunks held back (by latency) per direction before the proxy stops reading.
+const MAX_HELD_CHUNKS: usize = 256;
+
+/// How the proxy treats traffic right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Pass,
+    Stall,
+    Latency(Duration),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Control {
+    mode: Mode,
+    /// Incremented by every [`FaultProxy::cut`]; a connection accepted while the epoch was
+    /// lower is reset.
+    cut_epoch: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    control: watch::Sender<Control>,
+    live: AtomicUsize,
+    accepted: AtomicU64,
+}
+
+/// A TCP proxy from `127.0.0.1:<its own port>` to an upstream address on `127.0.0.1`,
+/// which injects faults on command: [`stall`](Self::stall), [`latency`](Self::latency),
+/// [`cut`](Self::cut), and back to [`pass`](Self::pass).
+///
+/// Every connection accepted gets its own connection to the upstream; bytes are
+/// forwarded as they come, in both directions, and a close (FIN) on one side is passed on
+/// to the other. A connection that cannot reach the upstream (server down) is closed at
+/// once, so the client sees the server go away.
+///
+/// Dropping the proxy stops accepting and closes every connection.
+#[derive(Debug)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept_task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `upstream` (which must be on `127.0.0.1`), listening on a free
+    /// port of `127.0.0.1`. It forwards normally until told otherwise.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if `upstream` is not on `127.0.0.1`; any error of binding the
+    /// listening socket.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn start(upstream: SocketAddr) -> io::Result<FaultProxy> {
+        if upstream.ip() != Ipv4Addr::LOCALHOST {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("FaultProxy only forwards to 127.0.0.1, not {upstream}"),
+            ));
+        }
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let (control, _) = watch::channel(Control {
+            mode: Mode::Pass,
+            cut_epoch: 0,
+        });
+        let shared = Arc::new(Shared {
+            control,
+            live: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+        });
+        let accept_task = tokio::spawn(accept_loop(listener, upstream, shared.clone()));
+        Ok(FaultProxy {
+            addr,
+            shared,
+            accept_task,
+        })
+    }
+
+    /// The address clients connect to: `127.0.0.1:<port>`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The port clients connect to, on `127.0.0.1`.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Forwards normally, without added latency. Ends a [`stall`](Self::stall): whatever
+    /// was held back flows again, in order.
+    pub fn pass(&self) {
+        self.set_mode(Mode::Pass);
+    }
+
+    /// Stops forwarding in both directions, on every connection, without closing
+    /// anything: no FIN, no RST, the sockets stay open and the kernel keeps
+    /// acknowledging what it can buffer, like a path whose packets are silently dropped
+    /// further on. New connections are still accepted (the TCP handshake completes), and
+    /// are stalled too. [`pass`](Self::pass) or [`latency`](Self::latency) ends it.
+    pub fn stall(&self) {
+        self.set_mode(Mode::Stall);
+    }
+
+    /// Forwards with `delay` added to every chunk, in each direction (so a round trip
+    /// takes at least `2 * delay` longer). Ends a stall. Chunks keep their order; a
+    /// chunk read before a change keeps the delay it was read with.
+    pub fn latency(&self, delay: Duration) {
+        self.set_mode(Mode::Latency(delay));
+    }
+
+    /// Resets every current connection on both sides (`SO_LINGER` 0, then close: each
+    /// peer gets a RST, not a FIN), like a middlebox that dropped its state. Data held
+    /// back is discarded. New connections are accepted as before, in the current mode.
+    pub fn cut(&self) {
+        self.shared
+            .control
+            .send_modify(|control| control.cut_epoch += 1);
+    }
+
+    /// Connections open through the proxy right now.
+    pub fn connections(&self) -> usize {
+        self.shared.live.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted since the proxy started.
+    pub fn accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        self.shared
+            .control
+            .send_modify(|control| control.mode = mode);
+    }
+}
+
+impl Drop for FaultProxy {
+    /// Stops accepting and closes every connection (the accept task owns the connection
+    /// tasks, so aborting it ends them all).
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => {
+                    // Cuts from here on apply to this connection.
+                    let epoch = shared.control.borrow().cut_epoch;
+                    shared.accepted.fetch_add(1, Ordering::SeqCst);
+                    connections.spawn(connection(client, upstream, epoch, shared.clone()));
+                }
+                // Out of descriptors and the like: try again shortly.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Counts a live connection for as long as it exists.
+struct LiveGuard(Arc<Shared>);
+
+impl LiveGuard {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.live.fetch_add(1, Ordering::SeqCst);
+        LiveGuard(shared)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn connection(mut client: TcpStream, upstream: SocketAddr, epoch: u64, shared: Arc<Shared>) {
+    let _live = LiveGuard::new(shared.clone());
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        // The server is down: the client sees the connection closed.
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let mut cut = shared.control.subscribe();
+    let was_cut = {
+        let (mut client_read, mut client_write) = client.split();
+        let (mut server_read, mut server_write) = server.split();
+        let up = pump(
+            &mut client_read,
+            &mut server_write,
+            shared.control.subscribe(),
+        );
+        let down = pump(
+            &mut server_read,
+            &mut client_write,
+            shared.control.subscribe(),
+        );
+        let cut_requested = cut.wait_for(|control| control.cut_epoch > epoch);
+        tokio::select! {
+            _ = cut_requested => true,
+            _ = async { tokio::join!(up, down) } => false,
+        }
+    };
+    if was_cut {
+        // Closing with a zero linger time sends RST instead of FIN, and discards unsent
+        // data. (The borrowed halves above never shut anything down on drop.)
+        let _ = client.set_zero_linger();
+        let _ = server.set_zero_linger();
+    }
+}
+
+/// Forwards `from` to `to` under the current [`Mode`] until `from` ends (then passes the
+/// FIN on) or `to` fails.
+async fn pump<R, W>(from: &mut R, to: &mut W, mut control: watch::Receiver<Control>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Chunks read, with the time each may be written.
+    let mut held: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut ended = false;
+    loop {
+        let mode = control.borrow_and_update().mode;
+        if ended && held.is_empty() {
+            let _ = to.shutdown().await;
+            return;
+        }
+        let stalled = mode == Mode::Stall;
+        let delay = match mode {
+            Mode::Latency(delay) => delay,
+            Mode::Pass | Mode::Stall => Duration::ZERO,
+        };
+        let due = held.front().map(|(due, _)| *due);
+        tokio::select! {
+            read = from.read(&mut buf), if !stalled && !ended && held.len() < MAX_HELD_CHUNKS => {
+                match read {
+                    Ok(0) | Err(_) => ended = true,
+                    Ok(n) => held.push_back((Instant::now() + delay, buf[..n].to_vec())),
+                }
+            }
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if !stalled && due.is_some() => {
+                let (_, chunk) = held.pop_front().expect("a chunk is due");
+                if to.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            changed = control.changed() => {
+                if changed.is_err() {
+                    return; // the proxy is gone
+                }
+            }
+        }
+    }
+}
+
+/// An address on `127.0.0.1` where TCP connection attempts are never answered: the SYN
+/// is dropped, so `connect` hangs until the client's own timeout (or the kernel's, after
+/// minutes). Like a firewalled or powered-off host.
+///
+/// It works by filling the accept queue of a listening socket that never accepts: Linux
+/// then drops further SYNs. Dropping the `BlackHole` closes everything.
+#[derive(Debug)]
+pub struct BlackHole {
+    addr: SocketAddr,
+    _listener: TcpListener,
+    _fillers: Vec<TcpStream>,
+}
+
+impl BlackHole {
+    /// Creates the black hole, and checks that a connection attempt to it really hangs.
+    ///
+    /// # Errors
+    ///
+    /// Any socket error, or `Other` if connection attempts still complete after the
+    /// accept queue should be full (a kernel that does not drop SYNs then).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn start() -> io::Result<BlackHole> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into())?;
+        // Backlog 0: the kernel queues at most one connection nobody accepts.
+        let listener = socket.listen(0)?;
+        let addr = listener.local_addr()?;
+        let mut fillers = Vec::new();
+        for _ in 0..16 {
+            match tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => fillers.push(stream),
+                Ok(Err(e)) => return Err(e),
+                // This attempt hung: the queue is full and SYNs are dropped.
+                Err(_) => {
+                    return Ok(BlackHole {
+                        addr,
+                        _listener: listener,
+                        _fillers: fillers,
+                    });
+                }
+            }
+        }
+        Err(io::Error::other(
+            "connections to a full accept queue still complete; cannot black-hole on this kernel",
+        ))
+    }
+
+    /// The address whose connection attempts hang.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The port whose connection attempts hang, on `127.0.0.1`.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny upstream: echoes everything back.
+    async fn echo_server() -> SocketAddr {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    const WAIT: Duration = Duration::from_secs(30);
+
+    async fn round_trip(stream: &mut TcpStream, text: &[u8]) -> Vec<u8> {
+        stream.write_all(text).await.unwrap();
+        let mut back = vec![0u8; text.len()];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+            .await
+            .expect("echo within WAIT")
+            .unwrap();
+        back
+    }
+
+    #[tokio::test]
+    async fn refuses_upstreams_off_loopback() {
+        let err = FaultProxy::start("10.0.0.1:5432".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn passes_stalls_resumes_and_adds_latency() {
+        let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+        let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut stream, b"hello").await, b"hello");
+        assert_eq!(proxy.connections(), 1);
+        assert_eq!(proxy.accepted(), 1);
+
+        proxy.stall();
+        stream.write_all(b"held").await.unwrap();
+        let mut buf = [0u8; 4];
+        // Nothing comes back while stalled (a short look suffices to see "not yet").
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), stream.read_exact(&mut buf))
+                .await
+                .is_err()
+        );
+        proxy.pass();
+        tokio::time::timeout(WAIT, stream.read_exact(&mut buf))
+            .await
+            .expect("held bytes flow after pass")
+            .unwrap();
+        assert_eq!(&buf, b"held");
+
+        proxy.latency(Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        assert_eq!(round_trip(&mut stream, b"slow").await, b"slow");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn cut_resets_both_sides_and_new_connections_work() {
+        let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+        let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut stream, b"x").await, b"x");
+        proxy.cut();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("the cut is seen");
+        let err = read.expect_err("a reset, not an orderly close");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        tokio::time::timeout(WAIT, async {
+            while proxy.connections() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the cut connection is gone");
+        let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut again, b"y").await, b"y");
+        assert_eq!(proxy.accepted(), 2);
+    }
+
+    #[tokio::test]
+    async fn upstream_down_closes_the_client() {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let proxy = FaultProxy::start(([127, 0, 0, 1], port).into())
+            .await
+            .unwrap();
+        let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("closed promptly");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn black_hole_connects_hang() {
+        let hole = BlackHole::start().await.unwrap();
+        let attempt =
+            tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(hole.addr()));
+        assert!(attempt.await.is_err(), "connect should hang");
+    }
+}
