@@ -353,6 +353,11 @@ impl Listener {
             closed: AtomicBool::new(false),
             target: settings.spec.target().to_owned(),
         });
+        if let Some(session) = &first {
+            // Known now: a caller of `connect` may read them as soon as it returns.
+            status.set_backend_pid(Some(session.backend_pid));
+            status.set_state(crate::stats::ListenerState::Syncing);
+        }
         let worker = Worker::new(settings, receiver, status);
         tokio::spawn(worker.run(first).instrument(span));
         Listener { inner }

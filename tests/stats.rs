@@ -276,9 +276,6 @@ async fn give_up_after_closes_the_listener_once_the_outage_lasts_that_long() {
 /// A race: on a 2-core machine about a third of the rounds lose it, so 100 rounds show
 /// it in every run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: Worker::finish closes the subscriptions' mailboxes before it sets the \
-            state to Closed and closes the command channel, so a consumer whose stream \
-            just ended can still see is_closed() == false and a non-Closed state"]
 async fn give_up_is_visible_on_the_handle_when_the_streams_end() {
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -318,9 +315,6 @@ async fn give_up_is_visible_on_the_handle_when_the_streams_end() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "bug: Listener::spawn does not record the first session's backend pid and \
-            state before spawning the task, so right after connect() returns, \
-            backend_pid() is None and stats().state is Connecting"]
 async fn backend_pid_and_state_are_known_as_soon_as_connect_returns() {
     // On a current-thread runtime the task has not run yet when connect() returns.
     let listener = Listener::connect(&shared_url()).await.unwrap();

@@ -255,10 +255,12 @@ impl Worker {
 
     /// Ends every stream, refuses what is still queued, and releases `shutdown` callers.
     fn finish(&mut self) {
-        self.registry.close_all();
+        // Closed on the handles first: whoever sees a stream end then finds the
+        // listener closed too.
         self.status.set_backend_pid(None);
         self.status.set_state(ListenerState::Closed);
         self.commands.close();
+        self.registry.close_all();
         while let Ok(command) = self.commands.try_recv() {
             match command {
                 Command::Subscribe { ack, .. } => {
