@@ -98,7 +98,7 @@ async fn demonstrate(url: &str, db: &Client, channel: &str) -> Result<()> {
     println!("\n2. forcing a reconnect, and changing rows while the listener is away");
     let connection_lost = |event: &Event| matches!(event, Event::Error(_));
     let back = |event: &Event| matches!(event, Event::Reconnected(_));
-    listener.reconnect()?;
+    listener.reconnect().await?;
     feed_until(&mut cache, db, &mut events, connection_lost).await?;
     change_rows(db, 2, 8).await?; // lost, unless the listener is back already
     feed_until(&mut cache, db, &mut events, back).await?;

@@ -149,7 +149,7 @@ async fn demonstrate(url: &str, db: &Client, schema: &str) -> Result<()> {
 
     println!("forcing every worker to reconnect, and queueing 10 jobs meanwhile");
     for (listener, _) in &workers {
-        listener.reconnect()?;
+        listener.reconnect().await?;
     }
     add_jobs(db, 10).await?;
     reports.wait_for(&mut inbox, 40, WORKERS as usize).await?;

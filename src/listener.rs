@@ -542,21 +542,27 @@ impl Listener {
     /// once LISTEN is active again. Useful for operators (after a failover, say) and
     /// for tests.
     ///
+    /// Returns once the old connection is closed and the loss has been queued to every
+    /// subscription (reconnecting goes on in the background): a notification committed
+    /// after this returns falls in the gap, unless it arrives after `Reconnected`.
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] after shutdown.
     ///
     /// ```no_run
-    /// # fn f(listener: pglisten::Listener) -> pglisten::Result<()> {
-    /// listener.reconnect()?;
+    /// # async fn f(listener: pglisten::Listener) -> pglisten::Result<()> {
+    /// listener.reconnect().await?;
     /// # Ok(()) }
     /// ```
-    pub fn reconnect(&self) -> Result<()> {
+    pub async fn reconnect(&self) -> Result<()> {
         self.check_open()?;
+        let (done, finished) = oneshot::channel();
         self.inner
             .commands
-            .send(Command::Reconnect)
-            .map_err(|_| Error::closed())
+            .send(Command::Reconnect { done })
+            .map_err(|_| Error::closed())?;
+        finished.await.map_err(|_| Error::closed())
     }
 
     /// Asks the server which channels this listener's session is listening to

@@ -284,12 +284,12 @@ async fn bad_connection_settings_get_their_error_and_leave_other_listeners_alone
             Authentication,
             Connecting,
         ),
-        // The server asks for a password the string does not have: the driver reports
-        // "password missing" as a configuration problem, before sending anything.
+        // The server asks for a password the string does not have: an authentication
+        // failure whose message says where a password can come from.
         (
             "no password",
             b(at_url("app", None, "postgres")),
-            Config,
+            Authentication,
             Connecting,
         ),
         (
@@ -380,7 +380,7 @@ async fn every_call_after_shutdown_fails_with_closed_and_other_listeners_keep_wo
         assert_eq!(err.kind(), ErrorKind::Closed, "notify: {err}");
         let err = handle.listening_channels().await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Closed, "listening_channels: {err}");
-        let err = handle.reconnect().unwrap_err();
+        let err = handle.reconnect().await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Closed, "reconnect: {err}");
         // Bad input is still reported as such: it is checked before anything else.
         let err = handle.subscribe([""]).await.unwrap_err();

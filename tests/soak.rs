@@ -301,7 +301,7 @@ async fn inject(
             let c = cluster.clone();
             blocking(move || c.restart(mode)).await.expect("restart");
         }
-        Fault::ReconnectCall => listener.reconnect().expect("reconnect"),
+        Fault::ReconnectCall => listener.reconnect().await.expect("reconnect"),
     }
     wait_past(
         &seen.reconnected,

@@ -126,7 +126,7 @@ async fn reconnect_request_gives_error_then_reconnected_on_a_new_backend() {
 
     for round in 1..=2u64 {
         let pid = listener.backend_pid().expect("connected");
-        listener.reconnect().unwrap();
+        listener.reconnect().await.unwrap();
         match next_event(&mut sub).await {
             Event::Error(e) => assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}"),
             other => panic!("expected the loss first, got {other:?}"),
@@ -150,7 +150,10 @@ async fn reconnect_request_gives_error_then_reconnected_on_a_new_backend() {
     }
     assert_ne!(listener.backend_pid(), Some(old_pid));
     listener.shutdown().await;
-    assert_eq!(listener.reconnect().unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(
+        listener.reconnect().await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
 }
 
 /// Everything a closed listener refuses.
@@ -161,7 +164,10 @@ async fn assert_closed(listener: &Listener) {
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
     let err = listener.listening_channels().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
-    assert_eq!(listener.reconnect().unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(
+        listener.reconnect().await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
     // The streams end a moment before the handle reports closed (see
     // `give_up_is_visible_on_the_handle_when_the_streams_end`).
     eventually("the handle reports closed", || async {

@@ -58,7 +58,10 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Vec<String>>>,
     },
     /// Drop the connection and connect again (or skip the current backoff delay).
-    Reconnect,
+    Reconnect {
+        /// Answered once the old connection is closed and the loss announced.
+        done: oneshot::Sender<()>,
+    },
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -87,6 +90,8 @@ pub(crate) struct Worker {
     backoff: BackoffSchedule,
     status: Arc<Status>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
+    /// `Listener::reconnect` callers waiting for the old connection to be gone.
+    reconnect_waiters: Vec<oneshot::Sender<()>>,
     /// When the current outage began (None while a connection works).
     outage_since: Option<Instant>,
     queue_alarm: QueueUsageAlarm,
@@ -107,6 +112,7 @@ impl Worker {
             registry: Registry::default(),
             status,
             shutdown_waiters: Vec::new(),
+            reconnect_waiters: Vec::new(),
             outage_since: None,
             queue_alarm: QueueUsageAlarm::default(),
             last_error: None,
@@ -141,6 +147,10 @@ impl Worker {
                     self.registry.broadcast(&Event::Error(error.clone()));
                     self.registry.connection_lost(now);
                     self.last_error = Some(error);
+                    // The session was dropped with `serve`: its socket is closed.
+                    for done in self.reconnect_waiters.drain(..) {
+                        let _ = done.send(());
+                    }
                 }
             }
         }
@@ -220,7 +230,10 @@ impl Worker {
                 self.shutdown_waiters.push(done);
                 Offline::Stop
             }
-            Some(Command::Reconnect) => Offline::AttemptNow,
+            Some(Command::Reconnect { done }) => {
+                let _ = done.send(());
+                Offline::AttemptNow
+            }
             Some(Command::Subscribe {
                 id,
                 channels,
@@ -273,8 +286,14 @@ impl Worker {
                     let _ = reply.send(Err(Error::closed()));
                 }
                 Command::Shutdown { done } => self.shutdown_waiters.push(done),
-                Command::Unsubscribe { .. } | Command::Reconnect => {}
+                Command::Reconnect { done } => {
+                    let _ = done.send(());
+                }
+                Command::Unsubscribe { .. } => {}
             }
+        }
+        for done in self.reconnect_waiters.drain(..) {
+            let _ = done.send(());
         }
         for done in self.shutdown_waiters.drain(..) {
             let _ = done.send(());

@@ -122,7 +122,8 @@ impl Worker {
                         self.shutdown_waiters.push(done);
                         return Poll::Ready(Exit::Stop);
                     }
-                    Poll::Ready(Some(Command::Reconnect)) => {
+                    Poll::Ready(Some(Command::Reconnect { done })) => {
+                        self.reconnect_waiters.push(done);
                         return Poll::Ready(Exit::Lost(Error::new(
                             ErrorKind::ConnectionLost,
                             "reconnecting as requested by Listener::reconnect",
@@ -220,7 +221,7 @@ impl Worker {
                 }));
             }
             // Handled by the caller.
-            Command::Reconnect => {}
+            Command::Reconnect { done } => self.reconnect_waiters.push(done),
             Command::Shutdown { done } => self.shutdown_waiters.push(done),
         }
     }
