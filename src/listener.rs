@@ -474,11 +474,13 @@ impl Listener {
         }
     }
 
-    /// Stops the listener: every subscription yields what it has buffered and then
+    /// Stops the listener: notifications that have already reached the listener's
+    /// socket are delivered, every subscription yields what it has buffered and then
     /// ends, the connection is closed cleanly, and later calls to
     /// [`subscribe`](Listener::subscribe) and [`notify`](Listener::notify) fail with
     /// [`ErrorKind::Closed`]. Returns once the task has finished. Calling it again (from
-    /// any clone) returns at once.
+    /// any clone) returns at once. (Notifications the server has not sent yet are not
+    /// waited for: to be sure of one, wait until it arrives before shutting down.)
     ///
     /// ```no_run
     /// # async fn run(listener: pglisten::Listener) {

@@ -100,6 +100,13 @@ impl Worker {
                 for ack in serving.pending_acks() {
                     let _ = ack.send(Err(Error::closed()));
                 }
+                // Deliver what has already reached us (without waiting for more), so the
+                // streams end after everything the listener received.
+                std::future::poll_fn(|cx| {
+                    let _ = self.poll_messages(cx, &mut serving);
+                    Poll::Ready(())
+                })
+                .await;
                 self.registry.close_all();
                 let Serving {
                     session,
