@@ -22,16 +22,10 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    // Keep the throwaway server (if any) alive until the end of `run`.
-    let (url, _server) = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.is_empty() => (url, None),
-        _ => {
-            println!("DATABASE_URL is not set: starting a throwaway PostgreSQL...");
-            let cluster = tokio::task::spawn_blocking(pglisten_testkit::Cluster::start).await??;
-            println!("  server on port {}\n", cluster.port());
-            (cluster.url(), Some(cluster))
-        }
-    };
+    // DATABASE_URL, or a throwaway server that lives until the end of `run`.
+    let database =
+        tokio::task::spawn_blocking(pglisten_testkit::ExampleDatabase::from_env_or_start).await??;
+    let url = database.url().to_owned();
 
     let listener = Listener::builder(&url)
         .backoff(Backoff::new().initial(Duration::from_millis(100)))

@@ -1051,6 +1051,45 @@ fn new_base_dir(ids: Option<Ids>) -> io::Result<PathBuf> {
 // Shared server
 // ---------------------------------------------------------------------------
 
+/// The database an example uses: `$DATABASE_URL` when set (and not empty), otherwise
+/// a throwaway [`Cluster`] that lives as long as this value.
+#[derive(Debug)]
+pub struct ExampleDatabase {
+    url: String,
+    _cluster: Option<Cluster>,
+}
+
+impl ExampleDatabase {
+    /// Uses `$DATABASE_URL`, or starts a throwaway server (saying so on stdout).
+    /// Blocking: from async code, call it through `tokio::task::spawn_blocking`.
+    ///
+    /// # Errors
+    ///
+    /// If no server can be started (see [`Cluster::start`]).
+    pub fn from_env_or_start() -> io::Result<ExampleDatabase> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Ok(ExampleDatabase {
+                url,
+                _cluster: None,
+            }),
+            _ => {
+                println!("DATABASE_URL is not set: starting a throwaway PostgreSQL...");
+                let cluster = Cluster::start()?;
+                println!("  server on port {}\n", cluster.port());
+                Ok(ExampleDatabase {
+                    url: cluster.url(),
+                    _cluster: Some(cluster),
+                })
+            }
+        }
+    }
+
+    /// Its connection URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 /// The per-process shared database returned by [`shared`].
 #[derive(Debug)]
 pub struct SharedDb {
