@@ -7,9 +7,22 @@
 use crate::error::{Error, ErrorKind, Result};
 
 /// The longest channel name the server keeps intact, in bytes.
+///
+/// ```
+/// let name = "x".repeat(pglisten::MAX_CHANNEL_BYTES + 1);
+/// # let _ = name;
+/// // listener.subscribe([name]) fails with ErrorKind::InvalidChannel
+/// ```
 pub const MAX_CHANNEL_BYTES: usize = 63;
 
 /// Payloads must be shorter than this many bytes (the server's limit).
+///
+/// ```
+/// fn fits(payload: &str) -> bool {
+///     payload.len() < pglisten::MAX_PAYLOAD_BYTES
+/// }
+/// assert!(!fits(&"x".repeat(8000)));
+/// ```
 pub const MAX_PAYLOAD_BYTES: usize = 8000;
 
 /// Checks that `name` reaches the server unchanged.

@@ -10,6 +10,13 @@ use std::fmt;
 use std::sync::Arc;
 
 /// A `Result` whose error defaults to pglisten's [`Error`].
+///
+/// ```
+/// async fn send(listener: &pglisten::Listener) -> pglisten::Result<()> {
+///     listener.notify("orders", "42").await
+/// }
+/// # let _ = send;
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What kind of trouble an [`Error`] reports.

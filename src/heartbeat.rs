@@ -15,12 +15,32 @@ use std::time::Duration;
 use tokio_postgres::SimpleQueryMessage;
 
 /// Default time between heartbeats.
+///
+/// ```
+/// # use std::time::Duration;
+/// assert_eq!(pglisten::DEFAULT_HEARTBEAT_INTERVAL, Duration::from_secs(10));
+/// ```
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Default time a heartbeat may take before the connection is declared dead.
+///
+/// ```
+/// # use std::time::Duration;
+/// // A dead connection is noticed within interval + timeout by default:
+/// let bound = pglisten::DEFAULT_HEARTBEAT_INTERVAL + pglisten::DEFAULT_HEARTBEAT_TIMEOUT;
+/// assert_eq!(bound, Duration::from_secs(15));
+/// ```
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `pg_notification_queue_usage()` at or above this fraction logs a warning.
+///
+/// ```
+/// # fn f(listener: pglisten::Listener) {
+/// if listener.stats().server_queue_usage >= Some(pglisten::QUEUE_USAGE_WARNING) {
+///     eprintln!("some listener in the cluster is not reading");
+/// }
+/// # }
+/// ```
 pub const QUEUE_USAGE_WARNING: f64 = 0.5;
 
 /// Two statements, one round trip: the queue usage (one row), then one row per channel.

@@ -22,9 +22,21 @@ use crate::subscription::Subscription;
 use crate::worker::{Command, Worker};
 
 /// Default capacity of each subscription's queue, in notifications.
+///
+/// ```
+/// let builder = pglisten::Listener::builder("postgres://app@db/app")
+///     .queue_capacity(4 * pglisten::DEFAULT_QUEUE_CAPACITY);
+/// # let _ = builder;
+/// ```
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
 /// Default bound on one whole connection attempt.
+///
+/// ```
+/// let builder = pglisten::Listener::builder("postgres://app@db/app")
+///     .connect_timeout(2 * pglisten::DEFAULT_CONNECT_TIMEOUT);
+/// # let _ = builder;
+/// ```
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the background task needs to (re)connect. Built once by the builder.
