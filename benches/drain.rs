@@ -1,0 +1,231 @@
+//! Benchmark 1: draining a pre-queued backlog.
+//!
+//! The server queues N notifications (unique 64-byte payloads, transactions of 10k) while
+//! the receiving backend is stopped (SIGSTOP); the measurement starts at SIGCONT and ends
+//! when the receiver has the N-th notification. Receivers, interleaved round by round:
+//! a raw tokio-postgres `poll_message` loop (the floor), sqlx `PgListener::recv`, and a
+//! pglisten `Subscription` read with `StreamExt::next`, on the current-thread and the
+//! multi-thread runtime. Reports notifications/s and process CPU per notification.
+//!
+//! `PGLISTEN_BENCH_N` (default 200k), `PGLISTEN_BENCH_TX` (10k), `PGLISTEN_BENCH_QUICK=1`.
+
+mod support;
+
+use std::hint::black_box;
+
+use futures::StreamExt;
+use pglisten::{Event, Listener, Subscription};
+use sqlx::postgres::PgListener;
+use support::*;
+
+const NAMES: [&str; 3] = [
+    "tokio-postgres poll_message (raw)",
+    "sqlx PgListener",
+    "pglisten",
+];
+const RAW: usize = 0;
+const PGLISTEN: usize = 2;
+
+enum Receiver {
+    Raw(RawReceiver),
+    Sqlx(PgListener),
+    Pglisten {
+        _listener: Listener,
+        subscription: Subscription,
+    },
+}
+
+impl Receiver {
+    async fn connect(kind: usize, url: &str, channel: &str, capacity: usize) -> Receiver {
+        match kind {
+            RAW => Receiver::Raw(RawReceiver::connect(url, &[channel.to_owned()]).await),
+            1 => {
+                let mut l = PgListener::connect(url).await.expect("sqlx connect");
+                l.listen(channel).await.expect("sqlx listen");
+                Receiver::Sqlx(l)
+            }
+            _ => {
+                let listener = Listener::builder(url)
+                    .queue_capacity(capacity)
+                    .connect()
+                    .await
+                    .expect("pglisten connect");
+                let subscription = listener.subscribe([channel]).await.expect("subscribe");
+                Receiver::Pglisten {
+                    _listener: listener,
+                    subscription,
+                }
+            }
+        }
+    }
+
+    /// Receives `n` notifications; returns how many were reported lost (`Lagged`).
+    async fn drain(&mut self, n: u64) -> u64 {
+        let mut got = 0;
+        let mut lagged = 0;
+        match self {
+            Receiver::Raw(raw) => {
+                while got < n {
+                    let note = raw.next().await.expect("raw connection ended");
+                    black_box(note.payload().len());
+                    got += 1;
+                }
+            }
+            Receiver::Sqlx(l) => {
+                while got < n {
+                    let note = l.recv().await.expect("sqlx recv");
+                    black_box(note.payload().len());
+                    got += 1;
+                }
+            }
+            Receiver::Pglisten { subscription, .. } => {
+                while got < n {
+                    match subscription.next().await.expect("subscription ended") {
+                        Event::Notification(note) => {
+                            black_box(note.payload().len());
+                            got += 1;
+                        }
+                        Event::Lagged(k) => {
+                            lagged += k;
+                            got += k;
+                        }
+                        other => panic!("unexpected event {other:?}"),
+                    }
+                }
+            }
+        }
+        lagged
+    }
+}
+
+struct Round {
+    samples: [Sample; 3],
+    lagged: u64,
+}
+
+fn main() {
+    let n = size("PGLISTEN_BENCH_N", 200_000, 20_000, 2_000);
+    let tx = size("PGLISTEN_BENCH_TX", 10_000, 10_000, 1_000);
+    let db = Db::start();
+    let admin = Admin::connect(db.url());
+    let mut c = criterion();
+    let mut report = Vec::new();
+    for flavor in flavors() {
+        let rt = flavor.runtime();
+        let tag = tag();
+        let channels: Vec<String> = (0..3)
+            .map(|i| format!("{tag}_drain_{}_{i}", flavor.name()))
+            .collect();
+        let mut pids = Vec::new();
+        let mut receivers = Vec::new();
+        for (i, channel) in channels.iter().enumerate() {
+            let app = format!("{tag}-drain-{}-{i}", flavor.name());
+            let url = db.url_as(&app);
+            let channel = channel.clone();
+            receivers.push(Some(run_task(&rt, async move {
+                Receiver::connect(i, &url, &channel, n).await
+            })));
+            pids.push(admin.backend_of(&app));
+        }
+
+        let rounds = criterion_rounds(
+            &mut c,
+            &format!("drain/{}", flavor.name()),
+            "pglisten",
+            Some(criterion::Throughput::Elements(n as u64)),
+            |round| {
+                let mut samples = [Sample::default(); 3];
+                let mut lagged = 0;
+                for i in order(3, round) {
+                    let paused = Paused::pause(pids[i]);
+                    admin.produce(&channels[i], &format!("r{round}:"), n, tx);
+                    let mut receiver = receivers[i].take().expect("receiver");
+                    let (receiver, sample, lost) = run_task(&rt, async move {
+                        let meter = Meter::start();
+                        paused.resume();
+                        let lost = receiver.drain(n as u64).await;
+                        (receiver, meter.stop(n as u64), lost)
+                    });
+                    receivers[i] = Some(receiver);
+                    samples[i] = sample;
+                    lagged += lost;
+                }
+                Round { samples, lagged }
+            },
+            |r| r.samples[PGLISTEN].wall,
+        );
+        if !rounds.is_empty() {
+            report.push((flavor, rounds));
+        }
+        // Close the connections on their runtime.
+        run_task(&rt, async move { drop(receivers) });
+    }
+
+    print_context(
+        "Benchmark 1: drain a pre-queued backlog",
+        &db,
+        &format!("N = {n}, transactions of {tx}, 64-byte payloads"),
+    );
+    for (flavor, rounds) in &report {
+        print_table(*flavor, rounds);
+    }
+    c.final_summary();
+}
+
+fn print_table(flavor: Flavor, rounds: &[Round]) {
+    let mut t = Table::new(
+        format!("Drain, {} runtime ({} rounds)", flavor.name(), rounds.len()),
+        &[
+            "receiver",
+            "notifications/s (median)",
+            "CPU per notification (median)",
+            "rate vs raw (median, min–max)",
+            "CPU vs raw (median, min–max)",
+            "target",
+        ],
+    );
+    for (i, name) in NAMES.iter().enumerate() {
+        let rate: Vec<f64> = rounds.iter().map(|r| r.samples[i].per_second()).collect();
+        let cpu: Vec<f64> = rounds.iter().map(|r| r.samples[i].cpu_ns()).collect();
+        let rate_ratio: Vec<f64> = rounds
+            .iter()
+            .map(|r| r.samples[i].per_second() / r.samples[RAW].per_second())
+            .collect();
+        let cpu_ratio: Vec<f64> = rounds
+            .iter()
+            .map(|r| r.samples[i].cpu_ns() / r.samples[RAW].cpu_ns())
+            .collect();
+        let range = |v: &[f64]| {
+            format!(
+                "{} ({:.2}–{:.2})",
+                fmt_ratio(median(v)),
+                percentile(v, 0.0),
+                percentile(v, 100.0)
+            )
+        };
+        let target = if i == PGLISTEN {
+            let lagged: u64 = rounds.iter().map(|r| r.lagged).sum();
+            format!(
+                "CPU ≤ 1.20×: {}; rate ≥ 0.90×: {}{}",
+                verdict(median(&cpu_ratio) <= 1.2),
+                verdict(median(&rate_ratio) >= 0.9),
+                if lagged > 0 {
+                    format!("; {lagged} LAGGED")
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            String::new()
+        };
+        t.row(vec![
+            (*name).to_owned(),
+            fmt_rate(median(&rate)),
+            fmt_ns_as_us(median(&cpu)),
+            range(&rate_ratio),
+            range(&cpu_ratio),
+            target,
+        ]);
+    }
+    t.print();
+}
