@@ -13,90 +13,7 @@ mod support;
 
 use std::hint::black_box;
 
-use futures::StreamExt;
-use pglisten::{Event, Listener, Subscription};
-use sqlx::postgres::PgListener;
 use support::*;
-
-const NAMES: [&str; 3] = [
-    "tokio-postgres poll_message (raw)",
-    "sqlx PgListener",
-    "pglisten",
-];
-const RAW: usize = 0;
-const PGLISTEN: usize = 2;
-
-enum Receiver {
-    Raw(RawReceiver),
-    Sqlx(PgListener),
-    Pglisten {
-        _listener: Listener,
-        subscription: Subscription,
-    },
-}
-
-impl Receiver {
-    async fn connect(kind: usize, url: &str, channel: &str, capacity: usize) -> Receiver {
-        match kind {
-            RAW => Receiver::Raw(RawReceiver::connect(url, &[channel.to_owned()]).await),
-            1 => {
-                let mut l = PgListener::connect(url).await.expect("sqlx connect");
-                l.listen(channel).await.expect("sqlx listen");
-                Receiver::Sqlx(l)
-            }
-            _ => {
-                let listener = Listener::builder(url)
-                    .queue_capacity(capacity)
-                    .connect()
-                    .await
-                    .expect("pglisten connect");
-                let subscription = listener.subscribe([channel]).await.expect("subscribe");
-                Receiver::Pglisten {
-                    _listener: listener,
-                    subscription,
-                }
-            }
-        }
-    }
-
-    /// Receives `n` notifications; returns how many were reported lost (`Lagged`).
-    async fn drain(&mut self, n: u64) -> u64 {
-        let mut got = 0;
-        let mut lagged = 0;
-        match self {
-            Receiver::Raw(raw) => {
-                while got < n {
-                    let note = raw.next().await.expect("raw connection ended");
-                    black_box(note.payload().len());
-                    got += 1;
-                }
-            }
-            Receiver::Sqlx(l) => {
-                while got < n {
-                    let note = l.recv().await.expect("sqlx recv");
-                    black_box(note.payload().len());
-                    got += 1;
-                }
-            }
-            Receiver::Pglisten { subscription, .. } => {
-                while got < n {
-                    match subscription.next().await.expect("subscription ended") {
-                        Event::Notification(note) => {
-                            black_box(note.payload().len());
-                            got += 1;
-                        }
-                        Event::Lagged(k) => {
-                            lagged += k;
-                            got += k;
-                        }
-                        other => panic!("unexpected event {other:?}"),
-                    }
-                }
-            }
-        }
-        lagged
-    }
-}
 
 struct Round {
     samples: [Sample; 3],
@@ -123,7 +40,7 @@ fn main() {
             let url = db.url_as(&app);
             let channel = channel.clone();
             receivers.push(Some(run_task(&rt, async move {
-                Receiver::connect(i, &url, &channel, n).await
+                Receiver::connect(i, &url, &channel, 2 * n).await
             })));
             pids.push(admin.backend_of(&app));
         }
@@ -143,7 +60,11 @@ fn main() {
                     let (receiver, sample, lost) = run_task(&rt, async move {
                         let meter = Meter::start();
                         paused.resume();
-                        let lost = receiver.drain(n as u64).await;
+                        let lost = receiver
+                            .for_each(n as u64, |p| {
+                                black_box(p.len());
+                            })
+                            .await;
                         (receiver, meter.stop(n as u64), lost)
                     });
                     receivers[i] = Some(receiver);

@@ -13,8 +13,11 @@ use std::sync::OnceLock;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use pglisten::tokio_postgres::tls::NoTlsStream;
 use pglisten::tokio_postgres::{self, AsyncMessage, Client, Connection, NoTls, Socket};
+use pglisten::{Event, Listener, Subscription};
+use sqlx::postgres::PgListener;
 use tokio::runtime::Runtime;
 
 // ---------------------------------------------------------------------------
@@ -279,6 +282,13 @@ pub async fn produce(client: &Client, channel: &str, prefix: &str, n: usize, tx_
     }
 }
 
+/// Nanoseconds since the first call in this process: a clock shared by every thread,
+/// carried in latency payloads.
+pub fn clock_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Size of every produced payload.
 pub const PAYLOAD_BYTES: usize = 64;
 
@@ -472,6 +482,21 @@ impl RawReceiver {
             .unwrap_or_else(|e| panic!("{}: {e}", &sql[..sql.len().min(80)]));
     }
 
+    /// The server process of this connection.
+    pub async fn backend_pid(&mut self) -> i32 {
+        let query = self.client.simple_query("SELECT pg_backend_pid()");
+        let messages = drive(&mut self.connection, query)
+            .await
+            .expect("SELECT pg_backend_pid()");
+        messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+                _ => None,
+            })
+            .expect("a backend pid")
+    }
+
     /// The next notification; `None` when the connection ended.
     pub async fn next(&mut self) -> Option<tokio_postgres::Notification> {
         loop {
@@ -504,6 +529,97 @@ pub async fn drive<T>(
         }
     })
     .await
+}
+
+// ---------------------------------------------------------------------------
+// The three receivers compared by the drain, steady and latency benchmarks
+// ---------------------------------------------------------------------------
+
+/// The receivers, by index.
+pub const NAMES: [&str; 3] = [
+    "tokio-postgres poll_message (raw)",
+    "sqlx PgListener",
+    "pglisten",
+];
+pub const RAW: usize = 0;
+pub const SQLX: usize = 1;
+pub const PGLISTEN: usize = 2;
+
+pub enum Receiver {
+    Raw(RawReceiver),
+    Sqlx(PgListener),
+    Pglisten {
+        _listener: Listener,
+        subscription: Subscription,
+    },
+}
+
+impl Receiver {
+    /// `capacity` is pglisten's queue capacity. Benchmarks give twice the notifications of
+    /// a round: the mailbox counts the batch a consumer took last against the capacity
+    /// until the consumer polls again, and a round's consumer stops polling after its
+    /// N-th notification.
+    pub async fn connect(kind: usize, url: &str, channel: &str, capacity: usize) -> Receiver {
+        match kind {
+            RAW => Receiver::Raw(RawReceiver::connect(url, &[channel.to_owned()]).await),
+            SQLX => {
+                let mut l = PgListener::connect(url).await.expect("sqlx connect");
+                l.listen(channel).await.expect("sqlx listen");
+                Receiver::Sqlx(l)
+            }
+            _ => {
+                let listener = Listener::builder(url)
+                    .queue_capacity(capacity)
+                    .connect()
+                    .await
+                    .expect("pglisten connect");
+                let subscription = listener.subscribe([channel]).await.expect("subscribe");
+                Receiver::Pglisten {
+                    _listener: listener,
+                    subscription,
+                }
+            }
+        }
+    }
+
+    /// Receives `n` notifications, handing each payload to `f`; returns how many were
+    /// reported lost (`Lagged`, pglisten only).
+    pub async fn for_each(&mut self, n: u64, mut f: impl FnMut(&str)) -> u64 {
+        let mut got = 0;
+        let mut lagged = 0;
+        match self {
+            Receiver::Raw(raw) => {
+                while got < n {
+                    let note = raw.next().await.expect("raw connection ended");
+                    f(note.payload());
+                    got += 1;
+                }
+            }
+            Receiver::Sqlx(l) => {
+                while got < n {
+                    let note = l.recv().await.expect("sqlx recv");
+                    f(note.payload());
+                    got += 1;
+                }
+            }
+            Receiver::Pglisten { subscription, .. } => {
+                while got < n {
+                    match subscription.next().await.expect("subscription ended") {
+                        Event::Notification(note) => {
+                            f(note.payload());
+                            got += 1;
+                        }
+                        Event::Lagged(k) => {
+                            lagged += k;
+                            got += k;
+                        }
+                        other => panic!("unexpected event {other:?}"),
+                    }
+                }
+            }
+        }
+        lagged
+    }
 }
 
 // ---------------------------------------------------------------------------
