@@ -25,6 +25,10 @@ fn main() {
     let tx = size("PGLISTEN_BENCH_TX", 10_000, 10_000, 1_000);
     let db = Db::start();
     let admin = Admin::connect(db.url());
+    if let Ok(who) = std::env::var("PGLISTEN_BENCH_PROFILE") {
+        profile(&db, &admin, &who, n, tx);
+        return;
+    }
     let mut c = criterion();
     let mut report = Vec::new();
     for flavor in flavors() {
@@ -91,6 +95,62 @@ fn main() {
         print_table(*flavor, rounds);
     }
     c.final_summary();
+}
+
+/// `PGLISTEN_BENCH_PROFILE=raw|sqlx|pglisten`: one warm-up and one measured drain of
+/// that receiver alone, on the runtime of `PGLISTEN_BENCH_RUNTIMES` (the first listed),
+/// for a profiler. Under callgrind, collect only the measured drain:
+/// `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*profiled_drain*' ...`
+fn profile(db: &Db, admin: &Admin, who: &str, n: usize, tx: usize) {
+    let kind = match who {
+        "raw" => RAW,
+        "sqlx" => SQLX,
+        "pglisten" => PGLISTEN,
+        other => panic!("PGLISTEN_BENCH_PROFILE={other}: expected raw, sqlx or pglisten"),
+    };
+    let flavor = flavors()[0];
+    let rt = flavor.runtime();
+    let app = format!("{}-profile", tag());
+    let channel = format!("{}_profile", tag());
+    let (url, ch) = (db.url_as(&app), channel.clone());
+    let mut receiver = Some(run_task(&rt, async move {
+        Receiver::connect(kind, &url, &ch, 2 * n).await
+    }));
+    let pid = admin.backend_of(&app);
+    for (round, label) in ["warm-up", "measured"].into_iter().enumerate() {
+        let paused = Paused::pause(pid);
+        admin.produce(&channel, &format!("r{round}:"), n, tx);
+        let r = receiver.take().expect("receiver");
+        let (r, sample) = profiled_drain(&rt, r, paused, n as u64);
+        receiver = Some(r);
+        println!(
+            "{label}: {who} on {}: {} notifications, {}, {} CPU per notification",
+            flavor.name(),
+            n,
+            fmt_rate(sample.per_second()),
+            fmt_ns_as_us(sample.cpu_ns())
+        );
+    }
+    run_task(&rt, async move { drop(receiver) });
+}
+
+#[inline(never)]
+fn profiled_drain(
+    rt: &tokio::runtime::Runtime,
+    mut receiver: Receiver,
+    paused: Paused,
+    n: u64,
+) -> (Receiver, Sample) {
+    run_task(rt, async move {
+        let meter = Meter::start();
+        paused.resume();
+        receiver
+            .for_each(n, |p| {
+                black_box(p.len());
+            })
+            .await;
+        (receiver, meter.stop(n))
+    })
 }
 
 fn print_table(flavor: Flavor, rounds: &[Round]) {
