@@ -55,7 +55,7 @@ fn main() {
                 .await
                 .expect("admin connection");
             tokio::spawn(connection);
-            let raw = RawReceiver::connect(&raw_url, &[ch.clone()]).await;
+            let raw = RawReceiver::connect(&raw_url, std::slice::from_ref(&ch)).await;
             let listener = Listener::builder(&url)
                 .backoff(Backoff::new().initial(Duration::from_millis(backoff_ms as u64)))
                 .connect()

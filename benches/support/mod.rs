@@ -545,6 +545,9 @@ pub const RAW: usize = 0;
 pub const SQLX: usize = 1;
 pub const PGLISTEN: usize = 2;
 
+// A handful of long-lived values; boxing the raw receiver would put an extra indirection
+// into the floor that pglisten is compared with.
+#[allow(clippy::large_enum_variant)]
 pub enum Receiver {
     Raw(RawReceiver),
     Sqlx(PgListener),
