@@ -86,12 +86,14 @@ fn main() {
     );
     let mut header: Vec<String> = vec!["receiver".to_owned()];
     for n in &ns {
-        header.push(format!("peak RSS, N = {n} (max of runs)"));
+        header.push(format!("peak RSS, N = {n} (min–max of runs)"));
     }
-    header.push(format!(
-        "growth {} → {}",
+    let (first, last) = (
         ns.first().copied().unwrap_or(0),
-        ns.last().copied().unwrap_or(0)
+        ns.last().copied().unwrap_or(0),
+    );
+    header.push(format!(
+        "growth {first} → {last}: max − max (worst pair: max − min)"
     ));
     header.push("target ≤ 2 MiB".to_owned());
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
@@ -99,22 +101,32 @@ fn main() {
         "Peak RSS while a burst arrives at an unread consumer",
         &header,
     );
+    let mib = |kib: u64| kib as f64 / 1024.0;
     for (k, name) in NAMES.iter().enumerate() {
-        let maxima: Vec<u64> = peaks[k]
+        let min_max: Vec<(u64, u64)> = peaks[k]
             .iter()
-            .map(|runs| runs.iter().map(|r| r.0).max().unwrap_or(0))
+            .map(|runs| {
+                let it = runs.iter().map(|r| r.0);
+                (it.clone().min().unwrap_or(0), it.max().unwrap_or(0))
+            })
             .collect();
-        let growth = maxima.last().copied().unwrap_or(0) as i64
-            - maxima.first().copied().unwrap_or(0) as i64;
+        let (lo_first, hi_first) = min_max.first().copied().unwrap_or_default();
+        let (_, hi_last) = min_max.last().copied().unwrap_or_default();
+        let growth = mib(hi_last) - mib(hi_first);
+        let worst = mib(hi_last) - mib(lo_first);
         let mut row = vec![(*name).to_owned()];
         row.extend(
-            maxima
+            min_max
                 .iter()
-                .map(|m| format!("{:.1} MiB", *m as f64 / 1024.0)),
+                .map(|(lo, hi)| format!("{:.1}–{:.1} MiB", mib(*lo), mib(*hi))),
         );
-        row.push(format!("{:+.1} MiB", growth as f64 / 1024.0));
+        row.push(format!("{growth:+.1} MiB ({worst:+.1} MiB)"));
         row.push(if KINDS[k] == "pglisten" {
-            verdict(growth <= 2048).to_owned()
+            format!(
+                "{} (worst pair: {})",
+                verdict(growth <= 2.0),
+                verdict(worst <= 2.0)
+            )
         } else {
             String::new()
         });
