@@ -26,6 +26,11 @@ fn main() {
     let tx = size("PGLISTEN_BENCH_STEADY_TX", 1, 1, 1);
     let db = Db::start();
     let admin = Admin::connect(db.url());
+    // A database per receiver, so only the measured receiver's backend wakes up.
+    let dbs: Vec<Db> = (0..3)
+        .map(|i| db.database(&admin, &format!("pglisten_bench_steady_{i}")))
+        .collect();
+    let producers: Vec<Admin> = dbs.iter().map(|d| Admin::connect(d.url())).collect();
     let mut c = criterion();
     let mut report = Vec::new();
     for flavor in flavors() {
@@ -36,7 +41,7 @@ fn main() {
             .collect();
         let mut receivers = Vec::new();
         for (i, channel) in channels.iter().enumerate() {
-            let url = db.url_as(&format!("{tag}-steady-{}-{i}", flavor.name()));
+            let url = dbs[i].url_as(&format!("{tag}-steady-{}-{i}", flavor.name()));
             let channel = channel.clone();
             receivers.push(Some(run_task(&rt, async move {
                 Receiver::connect(i, &url, &channel, 2 * n).await
@@ -54,8 +59,8 @@ fn main() {
                 for i in order(3, round) {
                     let sql = steady_producer_sql(&channels[i], &format!("r{round}:"), n, tx);
                     let (go, start) = tokio::sync::oneshot::channel::<()>();
-                    let client = admin.client();
-                    let producer = admin.runtime().spawn(async move {
+                    let client = producers[i].client();
+                    let producer = producers[i].runtime().spawn(async move {
                         if start.await.is_ok() {
                             client.batch_execute(&sql).await.expect("steady producer");
                         }
@@ -71,7 +76,10 @@ fn main() {
                             .await;
                         (receiver, meter.stop(n as u64), lost)
                     });
-                    admin.runtime().block_on(producer).expect("producer task");
+                    producers[i]
+                        .runtime()
+                        .block_on(producer)
+                        .expect("producer task");
                     receivers[i] = Some(receiver);
                     samples[i] = sample;
                     lagged += lost;

@@ -151,9 +151,42 @@ impl Db {
     }
 
     /// The URL with `application_name` set, so the session can be found in
-    /// `pg_stat_activity`, plus extra `key=value` parameters.
+    /// `pg_stat_activity`.
     pub fn url_as(&self, app: &str) -> String {
         with_param(&self.url, "application_name", app)
+    }
+
+    /// Creates database `name` (unless it exists) and returns a `Db` for it, on the same
+    /// server.
+    ///
+    /// PostgreSQL (up to 17) wakes every listening backend of a database on every commit
+    /// that notifies, whatever the channel. Receivers that are measured while others sit
+    /// idle therefore get a database each: otherwise the idle receivers' backends wake up
+    /// too, compete for the two cores, and are signalled in a fixed order (by backend
+    /// number) that would favour whichever receiver connected first.
+    pub fn database(&self, admin: &Admin, name: &str) -> Db {
+        let exists = admin
+            .query_i64(&format!(
+                "SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+            ))
+            .unwrap_or(0);
+        if exists == 0 {
+            admin.execute(&format!("CREATE DATABASE \"{name}\""));
+        }
+        let (base, query) = match self.url.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (self.url.as_str(), None),
+        };
+        let after_scheme = base.find("://").map_or(0, |i| i + 3);
+        let base = match base[after_scheme..].find('/') {
+            Some(slash) => &base[..after_scheme + slash],
+            None => base,
+        };
+        let url = match query {
+            Some(query) => format!("{base}/{name}?{query}"),
+            None => format!("{base}/{name}"),
+        };
+        Db { url, cluster: None }
     }
 
     pub fn describe(&self) -> String {
