@@ -4,8 +4,8 @@
 //! not. Rules kept by this module (and unit-tested below):
 //!
 //! - At most `capacity` notifications are buffered for a subscription, counting those the
-//!   consumer has taken into its local buffer but not yet read. Past that, notifications
-//!   are dropped and counted.
+//!   consumer has taken into its local buffer but not yet read (it publishes that number
+//!   as it reads). Past that, notifications are dropped and counted.
 //! - Drops are announced by an [`Event::Lagged`] with the exact count, placed before
 //!   anything queued after the drop (or yielded when the consumer reaches the end of the
 //!   queue, if nothing was queued since).
@@ -20,6 +20,7 @@
 //! [`Subscription`]: crate::Subscription
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -40,6 +41,9 @@ pub(crate) struct Delivery {
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     state: Mutex<State>,
+    /// Notifications the consumer has taken but not read yet; written by the consumer
+    /// alone, without the lock, as it reads.
+    unread: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -47,9 +51,6 @@ struct State {
     queue: VecDeque<Event>,
     /// Notifications in `queue`.
     queued: usize,
-    /// Notifications handed to the consumer by its last take; counted against the
-    /// capacity until its next take (when they have all been read).
-    outstanding: usize,
     capacity: usize,
     /// Dropped since the last `Lagged` was queued or taken.
     dropped: u64,
@@ -65,13 +66,13 @@ impl Mailbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued: 0,
-                outstanding: 0,
                 capacity,
                 dropped: 0,
                 episode: 0,
                 waker: None,
                 closed: false,
             }),
+            unread: AtomicUsize::new(0),
         }
     }
 
@@ -92,8 +93,20 @@ impl Mailbox {
                 batch.clear();
                 return delivery;
             }
+            let unread = self.unread.load(Ordering::Relaxed);
+            let room = state.capacity.saturating_sub(state.queued + unread);
+            if state.dropped == 0 && batch.len() <= room {
+                // The common case: everything fits, nothing to announce first.
+                let count = batch.len();
+                state.queue.extend(batch.drain(..).map(Event::Notification));
+                state.queued += count;
+                delivery.queued = count as u64;
+                if state.episode > 0 && count > 0 {
+                    delivery.lag_ended = Some(std::mem::take(&mut state.episode));
+                }
+            }
             for notification in batch.drain(..) {
-                if state.queued + state.outstanding >= state.capacity {
+                if state.queued + unread >= state.capacity {
                     if state.episode == 0 {
                         delivery.lag_started = true;
                     }
@@ -158,6 +171,11 @@ impl Mailbox {
         }
     }
 
+    /// Consumer side: `unread` notifications taken are still to be read.
+    pub(crate) fn set_unread(&self, unread: usize) {
+        self.unread.store(unread, Ordering::Relaxed);
+    }
+
     /// Ends the stream once the consumer has read what is buffered.
     pub(crate) fn close(&self) {
         let waker = {
@@ -170,30 +188,32 @@ impl Mailbox {
         }
     }
 
-    /// Consumer side: moves everything queued into `local`, which must be empty.
+    /// Consumer side: moves everything queued into `local`, which must be empty. The
+    /// number of notifications taken is published as unread; the consumer lowers it with
+    /// [`Mailbox::set_unread`] as it reads them.
     ///
-    /// `Ready(true)`: `local` has at least one event. `Ready(false)`: the stream ended.
-    /// `Pending`: nothing yet; the consumer's waker is registered.
+    /// `Ready(Some(n))`: `local` has at least one event, `n` of them notifications.
+    /// `Ready(None)`: the stream ended. `Pending`: nothing yet; the consumer's waker is
+    /// registered.
     pub(crate) fn poll_take(
         &self,
         cx: &mut Context<'_>,
         local: &mut VecDeque<Event>,
-    ) -> Poll<bool> {
+    ) -> Poll<Option<usize>> {
         debug_assert!(local.is_empty());
         let mut state = self.lock();
-        state.outstanding = 0;
         if !state.queue.is_empty() {
             std::mem::swap(&mut state.queue, local);
-            state.outstanding = state.queued;
-            state.queued = 0;
-            return Poll::Ready(true);
+            let taken = std::mem::take(&mut state.queued);
+            self.unread.store(taken, Ordering::Relaxed);
+            return Poll::Ready(Some(taken));
         }
         if state.dropped > 0 {
             local.push_back(Event::Lagged(std::mem::take(&mut state.dropped)));
-            return Poll::Ready(true);
+            return Poll::Ready(Some(0));
         }
         if state.closed {
-            return Poll::Ready(false);
+            return Poll::Ready(None);
         }
         match &mut state.waker {
             Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -294,8 +314,11 @@ mod tests {
         let mut out = Vec::new();
         loop {
             match mailbox.poll_take(&mut cx, &mut local) {
-                Poll::Ready(true) => out.extend(local.drain(..).map(|e| describe(&e))),
-                Poll::Ready(false) => return (out, true),
+                Poll::Ready(Some(_)) => {
+                    out.extend(local.drain(..).map(|e| describe(&e)));
+                    mailbox.set_unread(0);
+                }
+                Poll::Ready(None) => return (out, true),
                 Poll::Pending => return (out, false),
             }
         }
@@ -349,11 +372,15 @@ mod tests {
         let mut local = VecDeque::new();
         m.deliver(&mut batch(&["a", "b", "x"])); // x dropped
         assert!(m.poll_take(&mut cx, &mut local).is_ready()); // consumer holds a, b
-        local.clear(); // ...and reads them
-        m.deliver(&mut batch(&["y"])); // outstanding 2 until the next take: y dropped too
+        let d = m.deliver(&mut batch(&["w"])); // both unread: w dropped too
+        assert_eq!(d.dropped, 1);
+        local.clear(); // ...now it reads them
+        m.set_unread(0);
+        m.deliver(&mut batch(&["y"])); // room again: the drops are announced before y
         assert!(m.poll_take(&mut cx, &mut local).is_ready());
         let got: Vec<_> = local.drain(..).map(|e| describe(&e)).collect();
-        assert_eq!(got, ["lagged 2"]);
+        assert_eq!(got, ["lagged 2", "y"]);
+        m.set_unread(0);
         m.deliver(&mut batch(&["z"]));
         assert_eq!(drain(&m).0, ["z"]);
     }
@@ -366,9 +393,26 @@ mod tests {
         let mut local = VecDeque::new();
         m.deliver(&mut batch(&["a", "b"]));
         assert!(m.poll_take(&mut cx, &mut local).is_ready());
-        // The consumer holds two; only one more fits.
+        // The consumer holds two unread; only one more fits.
         let d = m.deliver(&mut batch(&["c", "d"]));
         assert_eq!((d.queued, d.dropped), (1, 1));
+    }
+
+    #[test]
+    fn items_already_read_do_not_count_against_capacity() {
+        // The consumer read everything it took, then a notification arrives: no Lagged.
+        let m = Mailbox::new(4);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut local = VecDeque::new();
+        m.deliver(&mut batch(&["a", "b", "c", "d"]));
+        assert_eq!(m.poll_take(&mut cx, &mut local), Poll::Ready(Some(4)));
+        for unread in (0..4).rev() {
+            local.pop_front();
+            m.set_unread(unread);
+        }
+        let d = m.deliver(&mut batch(&["e"]));
+        assert_eq!((d.queued, d.dropped), (1, 0));
+        assert_eq!(drain(&m).0, ["e"]);
     }
 
     #[test]
@@ -378,6 +422,7 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let mut local = VecDeque::new();
         let (mut sent, mut delivered, mut lagged) = (0u64, 0u64, 0u64);
+        let mut unread = 0usize;
         let mut seed = 12345u64;
         for round in 0..2000 {
             seed = seed
@@ -390,11 +435,18 @@ mod tests {
             // The consumer reads a few events now and then.
             if (seed >> 20).is_multiple_of(3) {
                 for _ in 0..((seed >> 40) % 6) {
-                    if local.is_empty() && m.poll_take(&mut cx, &mut local).is_pending() {
-                        break;
+                    if local.is_empty() {
+                        match m.poll_take(&mut cx, &mut local) {
+                            Poll::Ready(Some(n)) => unread = n,
+                            _ => break,
+                        }
                     }
                     match local.pop_front() {
-                        Some(Event::Notification(_)) => delivered += 1,
+                        Some(Event::Notification(_)) => {
+                            delivered += 1;
+                            unread -= 1;
+                            m.set_unread(unread);
+                        }
                         Some(Event::Lagged(k)) => lagged += k,
                         _ => {}
                     }
@@ -502,8 +554,9 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let mut local = VecDeque::new();
         assert!(m.poll_take(&mut cx, &mut local).is_ready());
+        m.deliver(&mut batch(&["b"])); // "a" still unread: dropped
         local.clear();
-        m.deliver(&mut batch(&["b"]));
+        m.set_unread(0);
         assert!(m.poll_take(&mut cx, &mut local).is_ready()); // lagged 1
         local.clear();
         assert!(m.poll_take(&mut cx, &mut local).is_pending());

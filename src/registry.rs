@@ -443,8 +443,9 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let mut local = VecDeque::new();
         let mut out = Vec::new();
-        while let Poll::Ready(true) = mailbox.poll_take(&mut cx, &mut local) {
+        while let Poll::Ready(Some(_)) = mailbox.poll_take(&mut cx, &mut local) {
             out.extend(local.drain(..));
+            mailbox.set_unread(0);
         }
         out
     }
@@ -679,7 +680,7 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(
             m.poll_take(&mut cx, &mut VecDeque::new()),
-            Poll::Ready(false)
+            Poll::Ready(None)
         );
         r.add(2, names(&["b"]), Arc::new(Mailbox::new(8)), None);
         assert_eq!(r.slots.len(), 1, "slot reused");

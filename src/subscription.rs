@@ -45,6 +45,9 @@ pub struct Subscription {
     mailbox: Arc<Mailbox>,
     /// Events taken from the mailbox in one batch, not yet yielded.
     local: VecDeque<Event>,
+    /// Notifications in `local`, published to the mailbox as they are read so that
+    /// only unread ones count against the queue's capacity.
+    unread: usize,
     commands: mpsc::UnboundedSender<Command>,
     terminated: bool,
 }
@@ -61,6 +64,7 @@ impl Subscription {
             channels,
             mailbox,
             local: VecDeque::new(),
+            unread: 0,
             commands,
             terminated: false,
         }
@@ -85,20 +89,19 @@ impl Stream for Subscription {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let this = self.get_mut();
-        if let Some(event) = this.local.pop_front() {
-            return Poll::Ready(Some(event));
-        }
-        if this.terminated {
-            return Poll::Ready(None);
-        }
-        match this.mailbox.poll_take(cx, &mut this.local) {
-            Poll::Ready(true) => Poll::Ready(this.local.pop_front()),
-            Poll::Ready(false) => {
-                this.terminated = true;
-                Poll::Ready(None)
+        if this.local.is_empty() && !this.terminated {
+            match this.mailbox.poll_take(cx, &mut this.local) {
+                Poll::Ready(Some(taken)) => this.unread = taken,
+                Poll::Ready(None) => this.terminated = true,
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Pending => Poll::Pending,
         }
+        let event = this.local.pop_front();
+        if let Some(Event::Notification(_)) = &event {
+            this.unread -= 1;
+            this.mailbox.set_unread(this.unread);
+        }
+        Poll::Ready(event)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -314,3 +314,31 @@ async fn a_stalled_subscription_does_not_slow_another() {
     assert_eq!(dropped, total - 8);
     assert!(!has_ready_event(&mut stalled));
 }
+
+#[tokio::test]
+async fn a_consumer_that_read_everything_is_not_told_it_lagged() {
+    let url = shared_url();
+    let listener = Listener::builder(&url)
+        .queue_capacity(4)
+        .connect()
+        .await
+        .unwrap();
+    let channel = unique("no_spurious_lag");
+    let mut sub = listener.subscribe([&channel]).await.unwrap();
+    let sender = admin(&url).await;
+    for round in 0..5 {
+        for i in 0..4 {
+            send(&sender, &channel, &format!("{round}-{i}")).await;
+        }
+        // Read all four, one at a time (a slow consumer working on each).
+        for i in 0..4 {
+            assert_eq!(
+                next_notification(&mut sub).await.payload(),
+                format!("{round}-{i}")
+            );
+        }
+    }
+    // Everything was read: one more fits.
+    send(&sender, &channel, "one more").await;
+    assert_eq!(next_notification(&mut sub).await.payload(), "one more");
+}
