@@ -77,7 +77,10 @@ impl Event {
 
 /// A notification received from PostgreSQL.
 ///
-/// Cheap to clone: every subscriber on a channel shares one copy of the strings.
+/// Fan-out copies nothing: when several subscriptions receive a notification they share
+/// one copy of its strings. A notification that only one subscription received owns its
+/// strings (the driver's own, moved, with no allocation on the way), so cloning *that*
+/// copies them; wrap it in an `Arc` to share it further.
 ///
 /// ```
 /// # fn show(n: &pglisten::Notification) {
@@ -86,34 +89,48 @@ impl Event {
 /// ```
 #[derive(Clone)]
 pub struct Notification {
-    inner: Arc<Received>,
+    inner: Repr,
 }
 
-/// The driver's own notification, shared: no copy of its strings is made.
-enum Received {
-    Driver(tokio_postgres::Notification),
+#[derive(Clone)]
+enum Repr {
+    /// Received by one subscription: the driver's notification itself.
+    Sole(tokio_postgres::Notification),
+    /// Received by several subscriptions: they share this copy.
+    Shared(Arc<tokio_postgres::Notification>),
     /// Unit tests cannot construct the driver's type.
     #[cfg(test)]
-    Owned {
-        channel: String,
-        payload: String,
-    },
+    Test(Arc<(String, String)>),
 }
 
 impl Notification {
-    pub(crate) fn new(inner: tokio_postgres::Notification) -> Self {
+    /// For a notification that several subscriptions receive.
+    pub(crate) fn shared(inner: tokio_postgres::Notification) -> Self {
         Notification {
-            inner: Arc::new(Received::Driver(inner)),
+            inner: Repr::Shared(Arc::new(inner)),
+        }
+    }
+
+    /// For a notification that one subscription receives: no allocation.
+    pub(crate) fn sole(inner: tokio_postgres::Notification) -> Self {
+        Notification {
+            inner: Repr::Sole(inner),
         }
     }
 
     #[cfg(test)]
     pub(crate) fn for_tests(channel: &str, payload: &str) -> Self {
         Notification {
-            inner: Arc::new(Received::Owned {
-                channel: channel.to_owned(),
-                payload: payload.to_owned(),
-            }),
+            inner: Repr::Test(Arc::new((channel.to_owned(), payload.to_owned()))),
+        }
+    }
+
+    fn driver(&self) -> Option<&tokio_postgres::Notification> {
+        match &self.inner {
+            Repr::Sole(n) => Some(n),
+            Repr::Shared(n) => Some(n),
+            #[cfg(test)]
+            Repr::Test(_) => None,
         }
     }
 
@@ -125,10 +142,11 @@ impl Notification {
     /// # }
     /// ```
     pub fn channel(&self) -> &str {
-        match &*self.inner {
-            Received::Driver(n) => n.channel(),
+        match (self.driver(), &self.inner) {
+            (Some(n), _) => n.channel(),
             #[cfg(test)]
-            Received::Owned { channel, .. } => channel,
+            (None, Repr::Test(t)) => &t.0,
+            (None, _) => "",
         }
     }
 
@@ -140,10 +158,11 @@ impl Notification {
     /// # }
     /// ```
     pub fn payload(&self) -> &str {
-        match &*self.inner {
-            Received::Driver(n) => n.payload(),
+        match (self.driver(), &self.inner) {
+            (Some(n), _) => n.payload(),
             #[cfg(test)]
-            Received::Owned { payload, .. } => payload,
+            (None, Repr::Test(t)) => &t.1,
+            (None, _) => "",
         }
     }
 
@@ -157,11 +176,8 @@ impl Notification {
     /// # }
     /// ```
     pub fn process_id(&self) -> i32 {
-        match &*self.inner {
-            Received::Driver(n) => n.process_id(),
-            #[cfg(test)]
-            Received::Owned { .. } => 0,
-        }
+        self.driver()
+            .map_or(0, tokio_postgres::Notification::process_id)
     }
 }
 

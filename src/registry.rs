@@ -131,6 +131,10 @@ pub(crate) struct Registry {
     dirty: bool,
     /// Subscriptions owed a `Reconnected`.
     owed: usize,
+    /// The last routed channel, when it had exactly one subscriber, and that
+    /// subscriber's slot: a burst on one channel skips hashing after the first.
+    /// Cleared whenever a subscription comes or goes.
+    last_single: Option<(Arc<str>, usize)>,
 }
 
 impl Registry {
@@ -143,6 +147,7 @@ impl Registry {
         mailbox: Arc<Mailbox>,
         gap_since: Option<Instant>,
     ) {
+        self.last_single = None;
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
@@ -173,6 +178,7 @@ impl Registry {
 
     /// Removes a subscription. Unknown ids are ignored (it may have been removed already).
     pub(crate) fn remove(&mut self, id: SubscriptionId) {
+        self.last_single = None;
         let Some(slot) = self.slot_of.remove(&id) else {
             return;
         };
@@ -330,10 +336,32 @@ impl Registry {
     /// Stages `notification` for every subscriber of its channel. Returns false when no
     /// subscription wants it (a late arrival for a channel being UNLISTENed).
     pub(crate) fn route(&mut self, incoming: impl Incoming) -> bool {
-        let Some(subscribers) = self.channels.get(incoming.channel()) else {
+        if let Some((channel, slot)) = &self.last_single
+            && **channel == *incoming.channel()
+        {
+            let slot = *slot;
+            stage(
+                &mut self.slots,
+                &mut self.touched,
+                slot,
+                incoming.into_sole(),
+            );
+            return true;
+        }
+        let Some((channel, subscribers)) = self.channels.get_key_value(incoming.channel()) else {
             return false;
         };
-        let notification = incoming.into_notification();
+        if let [only] = subscribers[..] {
+            self.last_single = Some((channel.clone(), only));
+            stage(
+                &mut self.slots,
+                &mut self.touched,
+                only,
+                incoming.into_sole(),
+            );
+            return true;
+        }
+        let notification = incoming.into_shared();
         let (last, rest) = match subscribers.split_last() {
             Some(split) => split,
             None => return false,
@@ -377,7 +405,10 @@ impl Registry {
 /// A notification as it comes off the connection.
 pub(crate) trait Incoming {
     fn channel(&self) -> &str;
-    fn into_notification(self) -> Notification;
+    /// For one subscriber: no allocation.
+    fn into_sole(self) -> Notification;
+    /// For several subscribers, who share it.
+    fn into_shared(self) -> Notification;
 }
 
 impl Incoming for tokio_postgres::Notification {
@@ -385,8 +416,12 @@ impl Incoming for tokio_postgres::Notification {
         tokio_postgres::Notification::channel(self)
     }
 
-    fn into_notification(self) -> Notification {
-        Notification::new(self)
+    fn into_sole(self) -> Notification {
+        Notification::sole(self)
+    }
+
+    fn into_shared(self) -> Notification {
+        Notification::shared(self)
     }
 }
 
@@ -396,7 +431,11 @@ impl Incoming for (&str, &str) {
         self.0
     }
 
-    fn into_notification(self) -> Notification {
+    fn into_sole(self) -> Notification {
+        Notification::for_tests(self.0, self.1)
+    }
+
+    fn into_shared(self) -> Notification {
         Notification::for_tests(self.0, self.1)
     }
 }
@@ -550,6 +589,24 @@ mod tests {
         assert_eq!(payloads(&drain(&m1)), ["a:1"]);
         assert_eq!(payloads(&drain(&m2)), ["a:1", "b:2"]);
         assert!(drain(&m3).is_empty());
+    }
+
+    #[test]
+    fn routing_cache_follows_subscriptions_coming_and_going() {
+        let mut r = Registry::default();
+        let (m1, m2) = (Arc::new(Mailbox::new(8)), Arc::new(Mailbox::new(8)));
+        r.add(1, names(&["a"]), m1.clone(), None);
+        r.route(("a", "1")); // cached: "a" has one subscriber
+        r.route(("a", "1b"));
+        r.add(2, names(&["a"]), m2.clone(), None);
+        r.route(("a", "2")); // must reach both now
+        r.flush(|_, _| {});
+        assert_eq!(payloads(&drain(&m1)), ["a:1", "a:1b", "a:2"]);
+        r.remove(1);
+        r.route(("a", "3")); // only the second is left
+        assert!(!r.route(("b", "x"))); // nobody
+        r.flush(|_, _| {});
+        assert_eq!(payloads(&drain(&m2)), ["a:2", "a:3"]);
     }
 
     #[test]

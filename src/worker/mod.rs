@@ -97,6 +97,10 @@ pub(crate) struct Worker {
     queue_alarm: QueueUsageAlarm,
     /// The last error of the current outage, for the give-up message.
     last_error: Option<Error>,
+    /// On a current-thread runtime consumers cannot run until this task yields: yield
+    /// after handing over each bounded batch, so they read (and free) it while it is
+    /// still in cache. On a multi-thread runtime they already run beside it.
+    yield_between_batches: bool,
 }
 
 impl Worker {
@@ -116,6 +120,10 @@ impl Worker {
             outage_since: None,
             queue_alarm: QueueUsageAlarm::default(),
             last_error: None,
+            yield_between_batches: matches!(
+                tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+                Ok(tokio::runtime::RuntimeFlavor::CurrentThread)
+            ),
         }
     }
 

@@ -19,6 +19,12 @@ use crate::stats::{ListenerState, Status};
 
 use super::{Ack, Command, Exit, Query, Worker, log_lag};
 
+/// Notifications routed before they are handed to their subscriptions. Bounds what a
+/// read batch holds (memory under a burst) and lets consumers free what they read while
+/// it is still in cache (measured with `cargo bench --bench drain`: 64 to 1024 perform
+/// alike; unbounded batches of thousands cost about a third more CPU per notification).
+const MAX_BATCH: u64 = 256;
+
 /// The in-flight LISTEN/UNLISTEN batch.
 struct SyncOp {
     query: Query<()>,
@@ -435,11 +441,22 @@ impl Worker {
     /// Reads every message the connection has ready and delivers the batch.
     fn poll_messages(&mut self, cx: &mut Context<'_>, s: &mut Serving) -> Option<Exit> {
         let mut received = 0u64;
+        let mut staged = 0u64;
         let exit = loop {
             match s.session.messages.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
                     received += 1;
+                    staged += 1;
                     self.registry.route(notification);
+                    if staged >= MAX_BATCH {
+                        let totals = self.registry.flush(log_lag);
+                        self.count(totals);
+                        staged = 0;
+                        if self.yield_between_batches {
+                            cx.waker().wake_by_ref();
+                            break None;
+                        }
+                    }
                 }
                 Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => {
                     debug!(
@@ -457,11 +474,11 @@ impl Worker {
             }
         };
         // What arrived before a loss is delivered before the loss is announced.
-        if received > 0 {
-            Status::add(&self.status.received, received);
+        if staged > 0 {
             let totals = self.registry.flush(log_lag);
             self.count(totals);
         }
+        Status::add(&self.status.received, received);
         exit
     }
 
