@@ -344,7 +344,7 @@ impl Registry {
                 &mut self.slots,
                 &mut self.touched,
                 slot,
-                incoming.into_sole(),
+                incoming.into_notification(),
             );
             return true;
         }
@@ -353,15 +353,8 @@ impl Registry {
         };
         if let [only] = subscribers[..] {
             self.last_single = Some((channel.clone(), only));
-            stage(
-                &mut self.slots,
-                &mut self.touched,
-                only,
-                incoming.into_sole(),
-            );
-            return true;
         }
-        let notification = incoming.into_shared();
+        let notification = incoming.into_notification();
         let (last, rest) = match subscribers.split_last() {
             Some(split) => split,
             None => return false,
@@ -405,10 +398,7 @@ impl Registry {
 /// A notification as it comes off the connection.
 pub(crate) trait Incoming {
     fn channel(&self) -> &str;
-    /// For one subscriber: no allocation.
-    fn into_sole(self) -> Notification;
-    /// For several subscribers, who share it.
-    fn into_shared(self) -> Notification;
+    fn into_notification(self) -> Notification;
 }
 
 impl Incoming for tokio_postgres::Notification {
@@ -416,12 +406,8 @@ impl Incoming for tokio_postgres::Notification {
         tokio_postgres::Notification::channel(self)
     }
 
-    fn into_sole(self) -> Notification {
-        Notification::sole(self)
-    }
-
-    fn into_shared(self) -> Notification {
-        Notification::shared(self)
+    fn into_notification(self) -> Notification {
+        Notification::new(self)
     }
 }
 
@@ -431,11 +417,7 @@ impl Incoming for (&str, &str) {
         self.0
     }
 
-    fn into_sole(self) -> Notification {
-        Notification::for_tests(self.0, self.1)
-    }
-
-    fn into_shared(self) -> Notification {
+    fn into_notification(self) -> Notification {
         Notification::for_tests(self.0, self.1)
     }
 }
