@@ -42,15 +42,9 @@ pub(crate) struct Delivery {
 pub(crate) struct Mailbox {
     state: Mutex<State>,
     /// Notifications the consumer has taken but not read yet; written by the consumer
-    /// alone, without the lock, as it reads. On a cache line of its own, so that those
-    /// writes do not disturb the lock the producer takes.
-    unread: CacheLine<AtomicUsize>,
+    /// alone, without the lock, as it reads.
+    unread: AtomicUsize,
 }
-
-/// Keeps a value on a cache line of its own (64 bytes on the common targets).
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct CacheLine<T>(T);
 
 #[derive(Debug)]
 struct State {
@@ -78,7 +72,7 @@ impl Mailbox {
                 waker: None,
                 closed: false,
             }),
-            unread: CacheLine(AtomicUsize::new(0)),
+            unread: AtomicUsize::new(0),
         }
     }
 
@@ -99,7 +93,7 @@ impl Mailbox {
                 batch.clear();
                 return delivery;
             }
-            let unread = self.unread.0.load(Ordering::Relaxed);
+            let unread = self.unread.load(Ordering::Relaxed);
             let room = state.capacity.saturating_sub(state.queued + unread);
             if state.dropped == 0 && batch.len() <= room {
                 // The common case: everything fits, nothing to announce first.
@@ -179,7 +173,7 @@ impl Mailbox {
 
     /// Consumer side: `unread` notifications taken are still to be read.
     pub(crate) fn set_unread(&self, unread: usize) {
-        self.unread.0.store(unread, Ordering::Relaxed);
+        self.unread.store(unread, Ordering::Relaxed);
     }
 
     /// Ends the stream once the consumer has read what is buffered.
@@ -211,7 +205,7 @@ impl Mailbox {
         if !state.queue.is_empty() {
             std::mem::swap(&mut state.queue, local);
             let taken = std::mem::take(&mut state.queued);
-            self.unread.0.store(taken, Ordering::Relaxed);
+            self.unread.store(taken, Ordering::Relaxed);
             return Poll::Ready(Some(taken));
         }
         if state.dropped > 0 {
