@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::block::Block;
 use crate::error::Error;
 
 /// One item of a [`Subscription`](crate::Subscription) stream.
@@ -77,8 +78,11 @@ impl Event {
 
 /// A notification received from PostgreSQL.
 ///
-/// Cheap to clone: every subscriber on a channel shares one copy of the strings (the
-/// driver's own, moved, never copied).
+/// Cheap to clone (a reference count): a notification delivered to several
+/// subscriptions is stored once. It shares its storage with the other notifications
+/// received in the same read (up to a few kilobytes): if you keep notifications for a
+/// long time, keep the strings you need (`payload().to_owned()`) rather than the
+/// `Notification`.
 ///
 /// ```
 /// # fn show(n: &pglisten::Notification) {
@@ -87,42 +91,24 @@ impl Event {
 /// ```
 #[derive(Clone)]
 pub struct Notification {
-    inner: Repr,
+    block: Arc<Block>,
+    index: u32,
 }
 
-// One pointer wide on purpose: fan-out stages one `Notification` per delivery, and an
-// inline variant for single subscribers (which saves the `Arc` allocation) made it 56
-// bytes and fan-out to 1000 subscriptions about 1.6 times slower per delivery (measured
-// with `cargo bench --bench fanout`): the staged batch no longer fit in cache.
-#[derive(Clone)]
-enum Repr {
-    /// The driver's notification, shared by every subscription that receives it.
-    Shared(Arc<tokio_postgres::Notification>),
-    /// Unit tests cannot construct the driver's type.
-    #[cfg(test)]
-    Test(Arc<(String, String)>),
-}
+// Two words on purpose: fan-out stages one `Notification` per delivery, and a 56-byte
+// variant made fan-out to 1000 subscriptions about 1.6 times slower per delivery
+// (measured with `cargo bench --bench fanout`): the staged batch no longer fit in cache.
+const _: () = assert!(std::mem::size_of::<Notification>() == 16);
 
 impl Notification {
-    pub(crate) fn new(inner: tokio_postgres::Notification) -> Self {
-        Notification {
-            inner: Repr::Shared(Arc::new(inner)),
-        }
+    /// Notification `index` of `block`.
+    pub(crate) fn in_block(block: Arc<Block>, index: u32) -> Self {
+        Notification { block, index }
     }
 
     #[cfg(test)]
     pub(crate) fn for_tests(channel: &str, payload: &str) -> Self {
-        Notification {
-            inner: Repr::Test(Arc::new((channel.to_owned(), payload.to_owned()))),
-        }
-    }
-
-    fn driver(&self) -> Option<&tokio_postgres::Notification> {
-        match &self.inner {
-            Repr::Shared(n) => Some(n),
-            #[cfg(test)]
-            Repr::Test(_) => None,
-        }
+        Notification::in_block(Block::single(0, channel, payload), 0)
     }
 
     /// The channel it was sent on, exactly as named in `NOTIFY` (case is kept).
@@ -133,12 +119,7 @@ impl Notification {
     /// # }
     /// ```
     pub fn channel(&self) -> &str {
-        match (self.driver(), &self.inner) {
-            (Some(n), _) => n.channel(),
-            #[cfg(test)]
-            (None, Repr::Test(t)) => &t.0,
-            (None, _) => "",
-        }
+        self.block.channel(self.index)
     }
 
     /// The payload (empty when none was given).
@@ -149,12 +130,7 @@ impl Notification {
     /// # }
     /// ```
     pub fn payload(&self) -> &str {
-        match (self.driver(), &self.inner) {
-            (Some(n), _) => n.payload(),
-            #[cfg(test)]
-            (None, Repr::Test(t)) => &t.1,
-            (None, _) => "",
-        }
+        self.block.payload(self.index)
     }
 
     /// The process ID of the server backend that sent it. Compare with
@@ -167,8 +143,7 @@ impl Notification {
     /// # }
     /// ```
     pub fn process_id(&self) -> i32 {
-        self.driver()
-            .map_or(0, tokio_postgres::Notification::process_id)
+        self.block.process_id(self.index)
     }
 }
 
@@ -189,24 +164,35 @@ impl fmt::Debug for Notification {
 /// println!("back after {:?} and {} attempt(s)", report.downtime(), report.attempts());
 /// # }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ReconnectReport {
+    // Boxed so that `Event` stays three words: every notification is moved as an
+    // `Event` on its way to the consumer.
+    inner: Box<ReportInner>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct ReportInner {
     downtime: Duration,
     attempts: u32,
     host: Arc<str>,
 }
 
+const _: () = assert!(std::mem::size_of::<Event>() == 24);
+
 impl ReconnectReport {
     pub(crate) fn new(downtime: Duration, attempts: u32) -> Self {
         ReconnectReport {
-            downtime,
-            attempts,
-            host: Arc::from(""),
+            inner: Box::new(ReportInner {
+                downtime,
+                attempts,
+                host: Arc::from(""),
+            }),
         }
     }
 
     pub(crate) fn with_host(mut self, host: Arc<str>) -> Self {
-        self.host = host;
+        self.inner.host = host;
         self
     }
 
@@ -220,7 +206,7 @@ impl ReconnectReport {
     /// # }
     /// ```
     pub fn host(&self) -> &str {
-        &self.host
+        &self.inner.host
     }
 
     /// How long LISTEN was not active for this subscription: from the loss of the
@@ -233,7 +219,7 @@ impl ReconnectReport {
     /// # }
     /// ```
     pub fn downtime(&self) -> Duration {
-        self.downtime
+        self.inner.downtime
     }
 
     /// How many connection attempts the gap took (at least 1).
@@ -244,14 +230,25 @@ impl ReconnectReport {
     /// # }
     /// ```
     pub fn attempts(&self) -> u32 {
-        self.attempts
+        self.inner.attempts
     }
 
     /// Combines two announcements that a lagging consumer had not read yet into one
     /// covering both gaps.
     pub(crate) fn merge(&mut self, later: &ReconnectReport) {
-        self.downtime += later.downtime;
-        self.attempts = self.attempts.saturating_add(later.attempts);
-        self.host = later.host.clone();
+        let (this, later) = (&mut *self.inner, &*later.inner);
+        this.downtime += later.downtime;
+        this.attempts = this.attempts.saturating_add(later.attempts);
+        this.host = later.host.clone();
+    }
+}
+
+impl fmt::Debug for ReconnectReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReconnectReport")
+            .field("downtime", &self.downtime())
+            .field("attempts", &self.attempts())
+            .field("host", &self.host())
+            .finish()
     }
 }

@@ -160,6 +160,7 @@
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 mod backoff;
+mod block;
 mod channel;
 mod connect;
 mod conninfo;

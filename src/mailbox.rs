@@ -84,28 +84,28 @@ impl Mailbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends a batch of notifications (draining `batch`), dropping what does not fit.
-    pub(crate) fn deliver(&self, batch: &mut Vec<Notification>) -> Delivery {
+    /// Appends a batch of notifications, dropping what does not fit.
+    pub(crate) fn deliver(&self, batch: impl ExactSizeIterator<Item = Notification>) -> Delivery {
         let mut delivery = Delivery::default();
         let waker = {
             let mut state = self.lock();
             if state.closed {
-                batch.clear();
                 return delivery;
             }
             let unread = self.unread.load(Ordering::Relaxed);
             let room = state.capacity.saturating_sub(state.queued + unread);
+            let mut batch = batch;
             if state.dropped == 0 && batch.len() <= room {
                 // The common case: everything fits, nothing to announce first.
                 let count = batch.len();
-                state.queue.extend(batch.drain(..).map(Event::Notification));
+                state.queue.extend(batch.by_ref().map(Event::Notification));
                 state.queued += count;
                 delivery.queued = count as u64;
                 if state.episode > 0 && count > 0 {
                     delivery.lag_ended = Some(std::mem::take(&mut state.episode));
                 }
             }
-            for notification in batch.drain(..) {
+            for notification in batch {
                 if state.queued + unread >= state.capacity {
                     if state.episode == 0 {
                         delivery.lag_started = true;
@@ -294,8 +294,12 @@ mod tests {
         Notification::for_tests("ch", payload)
     }
 
-    fn batch(payloads: &[&str]) -> Vec<Notification> {
-        payloads.iter().map(|p| note(p)).collect()
+    fn batch(payloads: &[&str]) -> std::vec::IntoIter<Notification> {
+        payloads
+            .iter()
+            .map(|p| note(p))
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     #[derive(Default)]
@@ -344,7 +348,7 @@ mod tests {
     #[test]
     fn delivers_in_order_within_capacity() {
         let m = Mailbox::new(4);
-        let d = m.deliver(&mut batch(&["a", "b", "c"]));
+        let d = m.deliver(batch(&["a", "b", "c"]));
         assert_eq!((d.queued, d.dropped), (3, 0));
         assert_eq!(drain(&m).0, ["a", "b", "c"]);
     }
@@ -352,16 +356,16 @@ mod tests {
     #[test]
     fn overflow_is_counted_exactly_and_announced_before_later_items() {
         let m = Mailbox::new(2);
-        let d = m.deliver(&mut batch(&["a", "b", "c", "d", "e"]));
+        let d = m.deliver(batch(&["a", "b", "c", "d", "e"]));
         assert_eq!((d.queued, d.dropped, d.lag_started), (2, 3, true));
         let (events, _) = drain(&m);
         assert_eq!(events, ["a", "b", "lagged 3"]);
         // After catching up, new items flow, no stale lag remains, and the episode
         // is reported as over, once.
-        let d = m.deliver(&mut batch(&["f"]));
+        let d = m.deliver(batch(&["f"]));
         assert_eq!((d.lag_started, d.lag_ended), (false, Some(3)));
         assert_eq!(drain(&m).0, ["f"]);
-        assert_eq!(m.deliver(&mut batch(&["g"])).lag_ended, None);
+        assert_eq!(m.deliver(batch(&["g"])).lag_ended, None);
     }
 
     #[test]
@@ -370,18 +374,18 @@ mod tests {
         let waker = Waker::from(Arc::new(CountingWaker::default()));
         let mut cx = Context::from_waker(&waker);
         let mut local = VecDeque::new();
-        m.deliver(&mut batch(&["a", "b", "x"])); // x dropped
+        m.deliver(batch(&["a", "b", "x"])); // x dropped
         assert!(m.poll_take(&mut cx, &mut local).is_ready()); // consumer holds a, b
-        let d = m.deliver(&mut batch(&["w"])); // both unread: w dropped too
+        let d = m.deliver(batch(&["w"])); // both unread: w dropped too
         assert_eq!(d.dropped, 1);
         local.clear(); // ...now it reads them
         m.set_unread(0);
-        m.deliver(&mut batch(&["y"])); // room again: the drops are announced before y
+        m.deliver(batch(&["y"])); // room again: the drops are announced before y
         assert!(m.poll_take(&mut cx, &mut local).is_ready());
         let got: Vec<_> = local.drain(..).map(|e| describe(&e)).collect();
         assert_eq!(got, ["lagged 2", "y"]);
         m.set_unread(0);
-        m.deliver(&mut batch(&["z"]));
+        m.deliver(batch(&["z"]));
         assert_eq!(drain(&m).0, ["z"]);
     }
 
@@ -391,10 +395,10 @@ mod tests {
         let waker = Waker::from(Arc::new(CountingWaker::default()));
         let mut cx = Context::from_waker(&waker);
         let mut local = VecDeque::new();
-        m.deliver(&mut batch(&["a", "b"]));
+        m.deliver(batch(&["a", "b"]));
         assert!(m.poll_take(&mut cx, &mut local).is_ready());
         // The consumer holds two unread; only one more fits.
-        let d = m.deliver(&mut batch(&["c", "d"]));
+        let d = m.deliver(batch(&["c", "d"]));
         assert_eq!((d.queued, d.dropped), (1, 1));
     }
 
@@ -404,13 +408,13 @@ mod tests {
         let m = Mailbox::new(4);
         let mut cx = Context::from_waker(Waker::noop());
         let mut local = VecDeque::new();
-        m.deliver(&mut batch(&["a", "b", "c", "d"]));
+        m.deliver(batch(&["a", "b", "c", "d"]));
         assert_eq!(m.poll_take(&mut cx, &mut local), Poll::Ready(Some(4)));
         for unread in (0..4).rev() {
             local.pop_front();
             m.set_unread(unread);
         }
-        let d = m.deliver(&mut batch(&["e"]));
+        let d = m.deliver(batch(&["e"]));
         assert_eq!((d.queued, d.dropped), (1, 0));
         assert_eq!(drain(&m).0, ["e"]);
     }
@@ -429,9 +433,9 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let n = (seed >> 33) % 5;
-            let mut b: Vec<_> = (0..n).map(|i| note(&format!("{round}-{i}"))).collect();
+            let b: Vec<_> = (0..n).map(|i| note(&format!("{round}-{i}"))).collect();
             sent += n;
-            m.deliver(&mut b);
+            m.deliver(b.into_iter());
             // The consumer reads a few events now and then.
             if (seed >> 20).is_multiple_of(3) {
                 for _ in 0..((seed >> 40) % 6) {
@@ -472,7 +476,7 @@ mod tests {
     #[test]
     fn control_events_bypass_capacity() {
         let m = Mailbox::new(1);
-        m.deliver(&mut batch(&["a", "b"]));
+        m.deliver(batch(&["a", "b"]));
         m.push_control(error("lost"));
         m.push_control(reconnected(1));
         assert_eq!(
@@ -498,7 +502,7 @@ mod tests {
     #[test]
     fn unread_reconnects_without_notifications_between_merge() {
         let m = Mailbox::new(4);
-        m.deliver(&mut batch(&["a"]));
+        m.deliver(batch(&["a"]));
         for _ in 0..50 {
             m.push_control(error("lost"));
             m.push_control(reconnected(2));
@@ -511,7 +515,7 @@ mod tests {
     fn reconnects_separated_by_notifications_stay_apart() {
         let m = Mailbox::new(4);
         m.push_control(reconnected(1));
-        m.deliver(&mut batch(&["a"]));
+        m.deliver(batch(&["a"]));
         m.push_control(reconnected(1));
         assert_eq!(drain(&m).0, ["reconnected 1", "a", "reconnected 1"]);
     }
@@ -520,7 +524,7 @@ mod tests {
     fn forgotten_subscription_stays_bounded_through_many_gaps() {
         let m = Mailbox::new(3);
         for i in 0..1000 {
-            m.deliver(&mut batch(&["x"]));
+            m.deliver(batch(&["x"]));
             m.push_control(error(&format!("lost {i}")));
             m.push_control(reconnected(1));
         }
@@ -537,39 +541,39 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let mut local = VecDeque::new();
         assert!(m.poll_take(&mut cx, &mut local).is_pending());
-        m.deliver(&mut batch(&["a", "b", "c"]));
+        m.deliver(batch(&["a", "b", "c"]));
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
         // The consumer has not polled again: it is awake, so no further wake-ups.
-        m.deliver(&mut batch(&["d"]));
-        m.deliver(&mut batch(&["e"]));
+        m.deliver(batch(&["d"]));
+        m.deliver(batch(&["e"]));
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]
     fn a_full_queue_does_not_wake_for_drops() {
         let m = Mailbox::new(1);
-        m.deliver(&mut batch(&["a"]));
+        m.deliver(batch(&["a"]));
         let counter = Arc::new(CountingWaker::default());
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);
         let mut local = VecDeque::new();
         assert!(m.poll_take(&mut cx, &mut local).is_ready());
-        m.deliver(&mut batch(&["b"])); // "a" still unread: dropped
+        m.deliver(batch(&["b"])); // "a" still unread: dropped
         local.clear();
         m.set_unread(0);
         assert!(m.poll_take(&mut cx, &mut local).is_ready()); // lagged 1
         local.clear();
         assert!(m.poll_take(&mut cx, &mut local).is_pending());
-        m.deliver(&mut batch(&["c"]));
+        m.deliver(batch(&["c"]));
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]
     fn close_ends_the_stream_after_buffered_items_and_pending_lag() {
         let m = Mailbox::new(1);
-        m.deliver(&mut batch(&["a", "b"]));
+        m.deliver(batch(&["a", "b"]));
         m.close();
-        m.deliver(&mut batch(&["late"]));
+        m.deliver(batch(&["late"]));
         m.push_control(error("late"));
         let (events, ended) = drain(&m);
         assert_eq!(events, ["a", "lagged 1"]);

@@ -14,6 +14,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::block::BlockBuilder;
 use crate::event::{Event, Notification};
 use crate::mailbox::{Delivery, Mailbox};
 
@@ -104,8 +105,9 @@ struct Entry {
     id: SubscriptionId,
     channels: Vec<Arc<str>>,
     mailbox: Arc<Mailbox>,
-    /// Notifications routed to this subscription in the current batch.
-    staged: Vec<Notification>,
+    /// Notifications routed to this subscription in the current batch: their indexes
+    /// in the block being filled.
+    staged: Vec<u32>,
     /// Set while this subscription is owed an `Event::Reconnected`: since when LISTEN
     /// has not been active for it.
     gap_since: Option<Instant>,
@@ -126,6 +128,8 @@ pub(crate) struct Registry {
     confirmed: HashSet<Arc<str>, BuildHasherDefault<FxHasher>>,
     /// Slots with staged notifications.
     touched: Vec<usize>,
+    /// The text of the notifications routed since the last flush.
+    block: BlockBuilder,
     /// The wanted or confirmed set changed since `plan` last found nothing to do. Keeps
     /// the per-batch check O(1) with thousands of channels.
     dirty: bool,
@@ -317,7 +321,7 @@ impl Registry {
                 entry.mailbox.push_control(Event::Reconnected(report));
                 told += 1;
                 if !entry.held.is_empty() {
-                    let delivery = entry.mailbox.deliver(&mut entry.held);
+                    let delivery = entry.mailbox.deliver(entry.held.drain(..));
                     totals.add(entry.id, delivery, &mut on_lag);
                 }
             }
@@ -333,42 +337,43 @@ impl Registry {
         }
     }
 
-    /// Stages `notification` for every subscriber of its channel. Returns false when no
-    /// subscription wants it (a late arrival for a channel being UNLISTENed).
+    /// Stages `incoming` for every subscriber of its channel: its text is copied into
+    /// the block being filled (once, whatever the number of subscribers) and the
+    /// driver's strings are dropped here. Returns false when no subscription wants it (a
+    /// late arrival for a channel being UNLISTENed). Flush when [`Registry::batch_full`].
     pub(crate) fn route(&mut self, incoming: impl Incoming) -> bool {
-        if let Some((channel, slot)) = &self.last_single
-            && **channel == *incoming.channel()
+        let channel = incoming.channel();
+        if let Some((cached, slot)) = &self.last_single
+            && **cached == *channel
         {
             let slot = *slot;
-            stage(
-                &mut self.slots,
-                &mut self.touched,
-                slot,
-                incoming.into_notification(),
-            );
+            let index = self
+                .block
+                .push(incoming.process_id(), cached, incoming.payload());
+            stage(&mut self.slots, &mut self.touched, slot, index);
             return true;
         }
-        let Some((channel, subscribers)) = self.channels.get_key_value(incoming.channel()) else {
+        let Some((name, subscribers)) = self.channels.get_key_value(channel) else {
             return false;
         };
+        if subscribers.is_empty() {
+            return false;
+        }
         if let [only] = subscribers[..] {
-            self.last_single = Some((channel.clone(), only));
+            self.last_single = Some((name.clone(), only));
         }
-        let notification = incoming.into_notification();
-        let (last, rest) = match subscribers.split_last() {
-            Some(split) => split,
-            None => return false,
-        };
-        for &slot in rest {
-            stage(
-                &mut self.slots,
-                &mut self.touched,
-                slot,
-                notification.clone(),
-            );
+        let index = self
+            .block
+            .push(incoming.process_id(), name, incoming.payload());
+        for &slot in subscribers {
+            stage(&mut self.slots, &mut self.touched, slot, index);
         }
-        stage(&mut self.slots, &mut self.touched, *last, notification);
         true
+    }
+
+    /// The batch being routed should be flushed before routing more.
+    pub(crate) fn batch_full(&self) -> bool {
+        self.block.is_full()
     }
 
     /// Hands every staged batch to its mailbox: one lock and at most one wake-up per
@@ -378,9 +383,23 @@ impl Registry {
         mut on_lag: impl FnMut(SubscriptionId, LagChange),
     ) -> FlushTotals {
         let mut totals = FlushTotals::default();
+        if self.block.is_empty() {
+            return totals;
+        }
+        let block = self.block.seal();
         for slot in self.touched.drain(..) {
-            if let Some(entry) = self.slots[slot].as_mut() {
-                let delivery = entry.mailbox.deliver(&mut entry.staged);
+            let Some(entry) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            let notifications = entry
+                .staged
+                .drain(..)
+                .map(|index| Notification::in_block(block.clone(), index));
+            if entry.gap_since.is_some() {
+                // Owed a Reconnected: that must come first.
+                entry.held.extend(notifications);
+            } else {
+                let delivery = entry.mailbox.deliver(notifications);
                 totals.add(entry.id, delivery, &mut on_lag);
             }
         }
@@ -398,7 +417,8 @@ impl Registry {
 /// A notification as it comes off the connection.
 pub(crate) trait Incoming {
     fn channel(&self) -> &str;
-    fn into_notification(self) -> Notification;
+    fn payload(&self) -> &str;
+    fn process_id(&self) -> i32;
 }
 
 impl Incoming for tokio_postgres::Notification {
@@ -406,8 +426,12 @@ impl Incoming for tokio_postgres::Notification {
         tokio_postgres::Notification::channel(self)
     }
 
-    fn into_notification(self) -> Notification {
-        Notification::new(self)
+    fn payload(&self) -> &str {
+        tokio_postgres::Notification::payload(self)
+    }
+
+    fn process_id(&self) -> i32 {
+        tokio_postgres::Notification::process_id(self)
     }
 }
 
@@ -417,22 +441,21 @@ impl Incoming for (&str, &str) {
         self.0
     }
 
-    fn into_notification(self) -> Notification {
-        Notification::for_tests(self.0, self.1)
+    fn payload(&self) -> &str {
+        self.1
+    }
+
+    fn process_id(&self) -> i32 {
+        0
     }
 }
 
-fn stage(slots: &mut [Option<Entry>], touched: &mut Vec<usize>, slot: usize, n: Notification) {
+fn stage(slots: &mut [Option<Entry>], touched: &mut Vec<usize>, slot: usize, index: u32) {
     if let Some(entry) = slots[slot].as_mut() {
-        if entry.gap_since.is_some() {
-            // Owed a Reconnected: that must come first.
-            entry.held.push(n);
-            return;
-        }
         if entry.staged.is_empty() {
             touched.push(slot);
         }
-        entry.staged.push(n);
+        entry.staged.push(index);
     }
 }
 

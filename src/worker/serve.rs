@@ -19,13 +19,6 @@ use crate::stats::{ListenerState, Status};
 
 use super::{Ack, Command, Exit, Query, Worker, log_lag};
 
-/// Notifications routed before they are handed to their subscriptions. Bounds what a
-/// read batch holds (an unbounded batch held a whole burst: +1.8 MiB of peak memory for a
-/// 1M burst, flat with the bound) and, with the yield on a current-thread runtime, lets
-/// consumers free what they read while it is still in cache (`cargo bench --bench drain`
-/// and `--bench memory`; 64 to 1024 perform alike).
-const MAX_BATCH: u64 = 256;
-
 /// The in-flight LISTEN/UNLISTEN batch.
 struct SyncOp {
     query: Query<()>,
@@ -442,17 +435,19 @@ impl Worker {
     /// Reads every message the connection has ready and delivers the batch.
     fn poll_messages(&mut self, cx: &mut Context<'_>, s: &mut Serving) -> Option<Exit> {
         let mut received = 0u64;
-        let mut staged = 0u64;
         let exit = loop {
             match s.session.messages.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
                     received += 1;
-                    staged += 1;
                     self.registry.route(notification);
-                    if staged >= MAX_BATCH {
+                    // Batches are bounded (see `block::MAX_ENTRIES`): an unbounded batch
+                    // held a whole burst (+1.8 MiB of peak memory for a 1M burst, flat
+                    // with the bound), and with the yield on a current-thread runtime
+                    // consumers read what they get while it is still in cache
+                    // (`cargo bench --bench drain` and `--bench memory`).
+                    if self.registry.batch_full() {
                         let totals = self.registry.flush(log_lag);
                         self.count(totals);
-                        staged = 0;
                         if self.yield_between_batches {
                             cx.waker().wake_by_ref();
                             break None;
@@ -475,10 +470,8 @@ impl Worker {
             }
         };
         // What arrived before a loss is delivered before the loss is announced.
-        if staged > 0 {
-            let totals = self.registry.flush(log_lag);
-            self.count(totals);
-        }
+        let totals = self.registry.flush(log_lag);
+        self.count(totals);
         Status::add(&self.status.received, received);
         exit
     }

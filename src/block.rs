@@ -1,0 +1,234 @@
+//! Storage for received notifications: the text of a whole read batch in one buffer.
+//!
+//! The driver hands each notification over as two fresh `String`s. Keeping them would
+//! mean they are freed on the consumer's side, long after and often on another thread,
+//! which defeats the allocator's per-thread caches (measured: the allocator's slow paths
+//! were most of pglisten's cost over a raw `poll_message` loop, `cargo bench --bench
+//! drain`). Instead the background task copies the payload into the batch's [`Block`]
+//! (the channel name is shared with the registry's) and drops the driver's strings at
+//! once, so they go back to the cache they came from, as in the raw loop. A [`Notification`](crate::Notification) is then a
+//! shared reference to the block and an index: no allocation per notification, and a
+//! notification delivered to many subscriptions is stored once.
+//!
+//! A block is sealed at [`MAX_ENTRIES`] notifications or once its text passes
+//! [`MAX_TEXT`] bytes, whichever comes first, which bounds what one kept notification
+//! can keep alive.
+
+use std::sync::Arc;
+
+/// Notifications per block at most: also the largest batch handed to a subscription at
+/// once (64 to 1024 perform alike in `cargo bench --bench drain`).
+pub(crate) const MAX_ENTRIES: usize = 256;
+
+/// Payload bytes after which a block is sealed (a single notification larger than
+/// this gets a block of its own).
+pub(crate) const MAX_TEXT: usize = 16 * 1024;
+
+/// The channels, payloads and sender pids of a batch of notifications.
+#[derive(Debug, Default)]
+pub(crate) struct Block {
+    /// The channels of the notifications, each stored once per run of notifications on
+    /// the same channel.
+    channels: Vec<Arc<str>>,
+    payloads: String,
+    entries: Vec<Entry>,
+}
+
+/// One notification of a [`Block`].
+///
+/// Offsets fit in `u32`: a block is sealed once its payloads pass [`MAX_TEXT`] bytes,
+/// and one protocol message is shorter than 2 GiB (its length is an `i32`).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    process_id: i32,
+    /// Index in [`Block::channels`].
+    channel: u32,
+    payload_start: u32,
+    payload_end: u32,
+}
+
+impl Block {
+    /// A block holding one notification.
+    #[cfg(test)]
+    pub(crate) fn single(process_id: i32, channel: &str, payload: &str) -> Arc<Block> {
+        let mut builder = BlockBuilder::default();
+        builder.push(process_id, &Arc::from(channel), payload);
+        builder.seal()
+    }
+
+    fn entry(&self, index: u32) -> Option<&Entry> {
+        self.entries.get(index as usize)
+    }
+
+    /// The channel of notification `index` ("" for an index not in this block).
+    pub(crate) fn channel(&self, index: u32) -> &str {
+        self.entry(index)
+            .and_then(|e| self.channels.get(e.channel as usize))
+            .map_or("", |c| c)
+    }
+
+    /// The payload of notification `index`.
+    pub(crate) fn payload(&self, index: u32) -> &str {
+        self.entry(index)
+            .and_then(|e| {
+                self.payloads
+                    .get(e.payload_start as usize..e.payload_end as usize)
+            })
+            .unwrap_or("")
+    }
+
+    /// The sender's backend pid of notification `index`.
+    pub(crate) fn process_id(&self, index: u32) -> i32 {
+        self.entry(index).map_or(0, |e| e.process_id)
+    }
+}
+
+/// The block being filled by the background task.
+#[derive(Debug, Default)]
+pub(crate) struct BlockBuilder {
+    channels: Vec<Arc<str>>,
+    payloads: String,
+    entries: Vec<Entry>,
+    /// Sizes of the last sealed block, to allocate the next one at once.
+    last_text: usize,
+    last_entries: usize,
+}
+
+impl BlockBuilder {
+    /// Copies a notification in (its payload; `channel` is shared); returns its index
+    /// in the block being filled.
+    pub(crate) fn push(&mut self, process_id: i32, channel: &Arc<str>, payload: &str) -> u32 {
+        if self.entries.capacity() == 0 {
+            self.entries.reserve(self.last_entries.max(1));
+            self.payloads.reserve(self.last_text.max(payload.len()));
+        }
+        if !self
+            .channels
+            .last()
+            .is_some_and(|last| Arc::ptr_eq(last, channel))
+        {
+            self.channels.push(channel.clone());
+        }
+        let offset = |len: usize| u32::try_from(len).unwrap_or(u32::MAX);
+        let payload_start = offset(self.payloads.len());
+        self.payloads.push_str(payload);
+        let index = offset(self.entries.len());
+        self.entries.push(Entry {
+            process_id,
+            channel: offset(self.channels.len() - 1),
+            payload_start,
+            payload_end: offset(self.payloads.len()),
+        });
+        index
+    }
+
+    /// No notification was pushed since the last seal.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The block should be sealed before another notification is pushed.
+    pub(crate) fn is_full(&self) -> bool {
+        self.entries.len() >= MAX_ENTRIES || self.payloads.len() >= MAX_TEXT
+    }
+
+    /// Ends the block being filled and returns it; the next push starts a new one.
+    pub(crate) fn seal(&mut self) -> Arc<Block> {
+        self.last_text = self.payloads.len().min(MAX_TEXT + MAX_TEXT / 4);
+        self.last_entries = self.entries.len();
+        Arc::new(Block {
+            channels: std::mem::take(&mut self.channels),
+            payloads: std::mem::take(&mut self.payloads),
+            entries: std::mem::take(&mut self.entries),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    #[test]
+    fn keeps_each_notification_apart() {
+        let mut b = BlockBuilder::default();
+        assert!(b.is_empty());
+        let orders = name("orders");
+        assert_eq!(b.push(7, &orders, "42"), 0);
+        assert_eq!(b.push(8, &name(""), ""), 1);
+        assert_eq!(b.push(9, &name("Ünïcödé"), "ça va ✓"), 2);
+        assert_eq!(b.push(10, &orders, "43"), 3);
+        assert!(!b.is_empty());
+        let block = b.seal();
+        assert!(b.is_empty());
+        assert_eq!(
+            (block.channel(0), block.payload(0), block.process_id(0)),
+            ("orders", "42", 7)
+        );
+        assert_eq!(
+            (block.channel(1), block.payload(1), block.process_id(1)),
+            ("", "", 8)
+        );
+        assert_eq!(
+            (block.channel(2), block.payload(2), block.process_id(2)),
+            ("Ünïcödé", "ça va ✓", 9)
+        );
+        assert_eq!(
+            (block.channel(3), block.payload(3), block.process_id(3)),
+            ("orders", "43", 10)
+        );
+        // An index from elsewhere never panics.
+        assert_eq!(
+            (block.channel(4), block.payload(4), block.process_id(4)),
+            ("", "", 0)
+        );
+    }
+
+    #[test]
+    fn stores_a_channel_once_per_run() {
+        let (a, b) = (name("a"), name("b"));
+        let mut builder = BlockBuilder::default();
+        for channel in [&a, &a, &a, &b, &b, &a] {
+            builder.push(1, channel, "p");
+        }
+        let block = builder.seal();
+        assert_eq!(block.channels.len(), 3);
+        let channels: Vec<&str> = (0..6).map(|i| block.channel(i)).collect();
+        assert_eq!(channels, ["a", "a", "a", "b", "b", "a"]);
+    }
+
+    #[test]
+    fn fills_up_by_count_or_by_size() {
+        let c = name("c");
+        let mut b = BlockBuilder::default();
+        for i in 0..MAX_ENTRIES {
+            assert!(!b.is_full(), "full after {i}");
+            b.push(1, &c, "p");
+        }
+        assert!(b.is_full());
+        let block = b.seal();
+        assert_eq!(block.entries.len(), MAX_ENTRIES);
+        assert!(!b.is_full());
+
+        let big = "x".repeat(MAX_TEXT);
+        b.push(1, &c, &big);
+        assert!(b.is_full(), "one large notification fills a block");
+        let block = b.seal();
+        assert_eq!(block.payload(0).len(), MAX_TEXT);
+    }
+
+    #[test]
+    fn a_new_block_starts_after_each_seal() {
+        let mut b = BlockBuilder::default();
+        b.push(1, &name("a"), "first");
+        let first = b.seal();
+        assert_eq!(b.push(2, &name("b"), "second"), 0);
+        let second = b.seal();
+        assert_eq!(first.payload(0), "first");
+        assert_eq!(second.payload(0), "second");
+        assert_eq!(Block::single(3, "c", "third").payload(0), "third");
+    }
+}
