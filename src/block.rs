@@ -10,6 +10,12 @@
 //! shared reference to the block and an index: no allocation per notification, and a
 //! notification delivered to many subscriptions is stored once.
 //!
+//! Each subscription receiving from a block gets its own [`Share`] of it, so that the
+//! reference count its notifications update (one increment each, one decrement when
+//! dropped) is its own: with one count for all, consumers on other threads contended
+//! with the task over one cache line (`cargo bench --bench fanout`, multi-thread runtime:
+//! 0.33 instead of 0.19 times the raw per-notification cost per added subscriber).
+//!
 //! A block is sealed at [`MAX_ENTRIES`] notifications or once its text passes
 //! [`MAX_TEXT`] bytes, whichever comes first, which bounds what one kept notification
 //! can keep alive.
@@ -23,6 +29,10 @@ pub(crate) const MAX_ENTRIES: usize = 256;
 /// Payload bytes after which a block is sealed (a single notification larger than
 /// this gets a block of its own).
 pub(crate) const MAX_TEXT: usize = 16 * 1024;
+
+/// One subscription's reference to a [`Block`]: one allocation per subscription per
+/// batch, not per notification.
+pub(crate) type Share = Arc<Arc<Block>>;
 
 /// The channels, payloads and sender pids of a batch of notifications.
 #[derive(Debug, Default)]

@@ -4,7 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(test)]
 use crate::block::Block;
+use crate::block::Share;
 use crate::error::Error;
 
 /// One item of a [`Subscription`](crate::Subscription) stream.
@@ -91,7 +93,7 @@ impl Event {
 /// ```
 #[derive(Clone)]
 pub struct Notification {
-    block: Arc<Block>,
+    block: Share,
     index: u32,
 }
 
@@ -101,14 +103,14 @@ pub struct Notification {
 const _: () = assert!(std::mem::size_of::<Notification>() == 16);
 
 impl Notification {
-    /// Notification `index` of `block`.
-    pub(crate) fn in_block(block: Arc<Block>, index: u32) -> Self {
+    /// Notification `index` of the block shared through `block`.
+    pub(crate) fn in_block(block: Share, index: u32) -> Self {
         Notification { block, index }
     }
 
     #[cfg(test)]
     pub(crate) fn for_tests(channel: &str, payload: &str) -> Self {
-        Notification::in_block(Block::single(0, channel, payload), 0)
+        Notification::in_block(Arc::new(Block::single(0, channel, payload)), 0)
     }
 
     /// The channel it was sent on, exactly as named in `NOTIFY` (case is kept).

@@ -391,10 +391,11 @@ impl Registry {
             let Some(entry) = self.slots[slot].as_mut() else {
                 continue;
             };
+            let share = Arc::new(block.clone());
             let notifications = entry
                 .staged
                 .drain(..)
-                .map(|index| Notification::in_block(block.clone(), index));
+                .map(|index| Notification::in_block(share.clone(), index));
             if entry.gap_since.is_some() {
                 // Owed a Reconnected: that must come first.
                 entry.held.extend(notifications);
