@@ -17,8 +17,10 @@
 //! 0.33 instead of 0.19 times the raw per-notification cost per added subscriber).
 //!
 //! A block is sealed at [`MAX_ENTRIES`] notifications or once its text passes
-//! [`MAX_TEXT`] bytes, whichever comes first, which bounds what one kept notification
-//! can keep alive.
+//! [`MAX_TEXT`] bytes, whichever comes first. A subscription that receives only a few
+//! of a block's notifications gets a copy of them instead (see [`is_sparse`]), so what
+//! a subscription's queue keeps alive stays in proportion to what it holds, even when a
+//! busy channel it does not listen to fills the blocks.
 
 use std::sync::Arc;
 
@@ -29,6 +31,14 @@ pub(crate) const MAX_ENTRIES: usize = 256;
 /// Payload bytes after which a block is sealed (a single notification larger than
 /// this gets a block of its own).
 pub(crate) const MAX_TEXT: usize = 16 * 1024;
+
+/// A subscription that receives `received` of a block's `total` notifications gets its
+/// own copy of them when they are under an eighth of the block: a slow consumer of a
+/// quiet channel would otherwise keep a whole block alive per notification it has not
+/// read (up to 8 times its share, instead of up to 256 times).
+pub(crate) fn is_sparse(received: usize, total: usize) -> bool {
+    received * 8 < total
+}
 
 /// One subscription's reference to a [`Block`]: one allocation per subscription per
 /// batch, not per notification.
@@ -64,6 +74,36 @@ impl Block {
         let mut builder = BlockBuilder::default();
         builder.push(process_id, &Arc::from(channel), payload);
         builder.seal()
+    }
+
+    /// Notifications in this block.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// A block holding copies of notifications `indexes` of this one, in that order
+    /// (index `i` there is the `i`-th of `indexes`).
+    pub(crate) fn extract(&self, indexes: &[u32]) -> Block {
+        let mut builder = BlockBuilder::default();
+        builder.entries.reserve(indexes.len());
+        let mut unknown: Option<Arc<str>> = None;
+        for &index in indexes {
+            match self
+                .entry(index)
+                .and_then(|e| Some((e.process_id, self.channels.get(e.channel as usize)?)))
+            {
+                Some((process_id, channel)) => {
+                    builder.push(process_id, channel, self.payload(index));
+                }
+                // Never happens (indexes come from this block's builder); keeps the
+                // positions of the others if it did.
+                None => {
+                    let empty = unknown.get_or_insert_with(|| Arc::from(""));
+                    builder.push(0, empty, "");
+                }
+            }
+        }
+        builder.take()
     }
 
     fn entry(&self, index: u32) -> Option<&Entry> {
@@ -146,11 +186,15 @@ impl BlockBuilder {
     pub(crate) fn seal(&mut self) -> Arc<Block> {
         self.last_text = self.payloads.len().min(MAX_TEXT + MAX_TEXT / 4);
         self.last_entries = self.entries.len();
-        Arc::new(Block {
+        Arc::new(self.take())
+    }
+
+    fn take(&mut self) -> Block {
+        Block {
             channels: std::mem::take(&mut self.channels),
             payloads: std::mem::take(&mut self.payloads),
             entries: std::mem::take(&mut self.entries),
-        })
+        }
     }
 }
 
@@ -228,6 +272,42 @@ mod tests {
         assert!(b.is_full(), "one large notification fills a block");
         let block = b.seal();
         assert_eq!(block.payload(0).len(), MAX_TEXT);
+    }
+
+    #[test]
+    fn extracts_copies_in_the_order_asked() {
+        let (a, b) = (name("a"), name("b"));
+        let mut builder = BlockBuilder::default();
+        builder.push(1, &a, "one");
+        builder.push(2, &b, "two");
+        builder.push(3, &a, "three");
+        let block = builder.seal();
+        let copy = block.extract(&[2, 0]);
+        assert_eq!(copy.len(), 2);
+        assert_eq!(
+            (copy.channel(0), copy.payload(0), copy.process_id(0)),
+            ("a", "three", 3)
+        );
+        assert_eq!(
+            (copy.channel(1), copy.payload(1), copy.process_id(1)),
+            ("a", "one", 1)
+        );
+        assert_eq!(copy.channels.len(), 1);
+        let odd = block.extract(&[7, 1]);
+        assert_eq!(
+            (odd.payload(0), odd.payload(1)),
+            ("", "two"),
+            "positions are kept"
+        );
+    }
+
+    #[test]
+    fn sparse_means_under_an_eighth() {
+        assert!(is_sparse(31, 256));
+        assert!(!is_sparse(32, 256));
+        assert!(!is_sparse(1, 1));
+        assert!(!is_sparse(1, 8));
+        assert!(is_sparse(1, 9));
     }
 
     #[test]

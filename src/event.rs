@@ -108,6 +108,12 @@ impl Notification {
         Notification { block, index }
     }
 
+    /// How many notifications share this one's storage.
+    #[cfg(test)]
+    pub(crate) fn block_len(&self) -> usize {
+        self.block.len()
+    }
+
     #[cfg(test)]
     pub(crate) fn for_tests(channel: &str, payload: &str) -> Self {
         Notification::in_block(Arc::new(Block::single(0, channel, payload)), 0)

@@ -14,7 +14,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::block::BlockBuilder;
+use crate::block::{self, BlockBuilder};
 use crate::event::{Event, Notification};
 use crate::mailbox::{Delivery, Mailbox};
 
@@ -391,7 +391,15 @@ impl Registry {
             let Some(entry) = self.slots[slot].as_mut() else {
                 continue;
             };
-            let share = Arc::new(block.clone());
+            let share = if block::is_sparse(entry.staged.len(), block.len()) {
+                let copy = Arc::new(block.extract(&entry.staged));
+                for (i, index) in entry.staged.iter_mut().enumerate() {
+                    *index = i as u32;
+                }
+                Arc::new(copy)
+            } else {
+                Arc::new(block.clone())
+            };
             let notifications = entry
                 .staged
                 .drain(..)
@@ -628,6 +636,39 @@ mod tests {
             panic!("expected notifications: {e1:?} {e2:?}");
         };
         assert!(std::ptr::eq(n1.payload(), n2.payload()));
+    }
+
+    #[test]
+    fn a_quiet_channel_does_not_keep_a_busy_channels_batch_alive() {
+        let mut r = Registry::default();
+        let (busy, quiet) = (Arc::new(Mailbox::new(1000)), Arc::new(Mailbox::new(1000)));
+        r.add(1, names(&["busy"]), busy.clone(), None);
+        r.add(2, names(&["quiet"]), quiet.clone(), None);
+        for i in 0..100 {
+            r.route(("busy", &*i.to_string()));
+            if i % 50 == 0 {
+                r.route(("quiet", &*format!("q{i}")));
+            }
+        }
+        r.flush(|_, _| {});
+        let quiet_events = drain(&quiet);
+        assert_eq!(payloads(&quiet_events), ["quiet:q0", "quiet:q50"]);
+        for event in &quiet_events {
+            let Event::Notification(n) = event else {
+                panic!("expected a notification: {event:?}");
+            };
+            assert_eq!(
+                n.block_len(),
+                2,
+                "the quiet subscription has a copy of its own"
+            );
+        }
+        let busy_events = drain(&busy);
+        assert_eq!(busy_events.len(), 100);
+        let Event::Notification(n) = &busy_events[0] else {
+            panic!("expected a notification");
+        };
+        assert_eq!(n.block_len(), 102, "the busy one shares the batch");
     }
 
     #[test]
