@@ -592,9 +592,8 @@ pub enum Receiver {
 
 impl Receiver {
     /// `capacity` is pglisten's queue capacity. Benchmarks give twice the notifications of
-    /// a round: the mailbox counts the batch a consumer took last against the capacity
-    /// until the consumer polls again, and a round's consumer stops polling after its
-    /// N-th notification.
+    /// a round, a margin from before the mailbox counted only unread notifications
+    /// against the capacity (it counted the whole batch a consumer took last).
     pub async fn connect(kind: usize, url: &str, channel: &str, capacity: usize) -> Receiver {
         match kind {
             RAW => Receiver::Raw(RawReceiver::connect(url, &[channel.to_owned()]).await),
