@@ -147,29 +147,39 @@ pub(crate) struct BlockBuilder {
 impl BlockBuilder {
     /// Copies a notification in (its payload; `channel` is shared); returns its index
     /// in the block being filled.
+    #[inline]
     pub(crate) fn push(&mut self, process_id: i32, channel: &Arc<str>, payload: &str) -> u32 {
         if self.entries.capacity() == 0 {
-            self.entries.reserve(self.last_entries.max(1));
-            self.payloads.reserve(self.last_text.max(payload.len()));
+            self.start_block(payload.len());
         }
-        if !self
-            .channels
-            .last()
-            .is_some_and(|last| Arc::ptr_eq(last, channel))
-        {
-            self.channels.push(channel.clone());
-        }
-        let offset = |len: usize| u32::try_from(len).unwrap_or(u32::MAX);
-        let payload_start = offset(self.payloads.len());
+        let channel_index = match self.channels.last() {
+            Some(last) if Arc::ptr_eq(last, channel) => self.channels.len() - 1,
+            _ => self.add_channel(channel),
+        };
+        // The casts cannot truncate: see `Entry`.
+        let payload_start = self.payloads.len() as u32;
         self.payloads.push_str(payload);
-        let index = offset(self.entries.len());
+        let index = self.entries.len() as u32;
         self.entries.push(Entry {
             process_id,
-            channel: offset(self.channels.len() - 1),
+            channel: channel_index as u32,
             payload_start,
-            payload_end: offset(self.payloads.len()),
+            payload_end: self.payloads.len() as u32,
         });
         index
+    }
+
+    /// Allocates the next block's buffers, as large as the last block's.
+    #[cold]
+    fn start_block(&mut self, first_payload: usize) {
+        self.entries.reserve(self.last_entries.max(1));
+        self.payloads.reserve(self.last_text.max(first_payload));
+    }
+
+    #[cold]
+    fn add_channel(&mut self, channel: &Arc<str>) -> usize {
+        self.channels.push(channel.clone());
+        self.channels.len() - 1
     }
 
     /// No notification was pushed since the last seal.

@@ -341,6 +341,7 @@ impl Registry {
     /// the block being filled (once, whatever the number of subscribers) and the
     /// driver's strings are dropped here. Returns false when no subscription wants it (a
     /// late arrival for a channel being UNLISTENed). Flush when [`Registry::batch_full`].
+    #[inline]
     pub(crate) fn route(&mut self, incoming: impl Incoming) -> bool {
         let channel = incoming.channel();
         if let Some((cached, slot)) = &self.last_single
