@@ -1,7 +1,7 @@
 //! Heap allocations per notification: pglisten may allocate at most one more per
 //! notification than the driver itself, plus a small constant (one-time growth of its
 //! buffers). The design allocates per batch, not per notification (a block for the
-//! payloads of up to 256 notifications, and one reference per subscription and batch),
+//! payloads of up to 128 notifications, and one reference per subscription and batch),
 //! so the measured difference is about 0.02.
 //!
 //! A counting global allocator (this test binary's own) counts allocations made on the
