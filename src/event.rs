@@ -82,9 +82,9 @@ impl Event {
 ///
 /// Cheap to clone (a reference count): a notification delivered to several
 /// subscriptions is stored once. It shares its storage with the other notifications
-/// received in the same read (up to a few kilobytes): if you keep notifications for a
-/// long time, keep the strings you need (`payload().to_owned()`) rather than the
-/// `Notification`.
+/// received in the same read (up to 128 notifications, about 16 KiB of payloads): if
+/// you keep notifications for a long time, keep the strings you need
+/// (`payload().to_owned()`) rather than the `Notification`.
 ///
 /// ```
 /// # fn show(n: &pglisten::Notification) {
