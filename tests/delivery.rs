@@ -162,6 +162,74 @@ async fn two_subscriptions_on_one_channel_each_get_every_notification() {
     assert!(!has_ready_event(&mut a));
 }
 
+/// One burst, committed at once, that spans many of the listener's read batches (by
+/// count and, with large payloads, by size), interleaving a busy and a quiet channel:
+/// every subscription gets exactly its notifications, in order and intact, whether it
+/// shares the batches' storage (busy, both) or gets copies of its few (quiet).
+#[tokio::test]
+async fn an_interleaved_burst_across_many_batches_reaches_each_subscription_in_order() {
+    let url = shared_url();
+    let listener = Listener::builder(&url)
+        .queue_capacity(10_000)
+        .connect()
+        .await
+        .unwrap();
+    let (busy, quiet) = (unique("busy"), unique("quiet"));
+    let mut only_busy = listener.subscribe([&busy]).await.unwrap();
+    let mut only_quiet = listener.subscribe([&quiet]).await.unwrap();
+    let mut both = listener
+        .subscribe([busy.as_str(), quiet.as_str()])
+        .await
+        .unwrap();
+    let sender = admin(&url).await;
+    let sender_pid: i32 = sender
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Every 10th on the quiet channel; every 50th with a 4000-byte payload.
+    let expected: Vec<(String, String)> = (0..2000)
+        .map(|i| {
+            let channel = if i % 10 == 0 { &quiet } else { &busy };
+            let payload = if i % 50 == 0 {
+                format!("{i}:{}", "x".repeat(4000))
+            } else {
+                format!("{i}:ünïcödé")
+            };
+            (channel.clone(), payload)
+        })
+        .collect();
+    let sql = format!(
+        "DO $$ BEGIN FOR i IN 0..1999 LOOP PERFORM pg_notify(\
+           CASE WHEN i % 10 = 0 THEN '{quiet}' ELSE '{busy}' END,\
+           CASE WHEN i % 50 = 0 THEN i || ':' || repeat('x', 4000) \
+                ELSE i || ':ünïcödé' END); \
+         END LOOP; END $$"
+    );
+    sender.batch_execute(&sql).await.unwrap();
+
+    for (sub, wanted) in [
+        (&mut only_busy, vec![busy.as_str()]),
+        (&mut only_quiet, vec![quiet.as_str()]),
+        (&mut both, vec![busy.as_str(), quiet.as_str()]),
+    ] {
+        for (channel, payload) in expected
+            .iter()
+            .filter(|(c, _)| wanted.contains(&c.as_str()))
+        {
+            let n = next_notification(sub).await;
+            assert!(
+                n.channel() == channel && n.payload() == payload,
+                "expected {channel} {payload:.30}..., got {} {:.30}...",
+                n.channel(),
+                n.payload()
+            );
+            assert_eq!(n.process_id(), sender_pid);
+        }
+        assert!(!has_ready_event(sub), "nothing more, and no Lagged");
+    }
+}
+
 #[tokio::test]
 async fn unlisten_is_sent_when_the_last_subscription_on_a_channel_is_dropped() {
     let listener = Listener::connect(&shared_url()).await.unwrap();
