@@ -109,11 +109,13 @@ impl Block {
         builder.take()
     }
 
+    #[inline]
     fn entry(&self, index: u32) -> Option<&Entry> {
         self.entries.get(index as usize)
     }
 
     /// The channel of notification `index` ("" for an index not in this block).
+    #[inline]
     pub(crate) fn channel(&self, index: u32) -> &str {
         self.entry(index)
             .and_then(|e| self.channels.get(e.channel as usize))
@@ -121,6 +123,7 @@ impl Block {
     }
 
     /// The payload of notification `index`.
+    #[inline]
     pub(crate) fn payload(&self, index: u32) -> &str {
         self.entry(index)
             .and_then(|e| {
@@ -131,6 +134,7 @@ impl Block {
     }
 
     /// The sender's backend pid of notification `index`.
+    #[inline]
     pub(crate) fn process_id(&self, index: u32) -> i32 {
         self.entry(index).map_or(0, |e| e.process_id)
     }

@@ -126,6 +126,7 @@ impl Notification {
     /// if n.channel() == "orders" { /* ... */ }
     /// # }
     /// ```
+    #[inline]
     pub fn channel(&self) -> &str {
         self.block.channel(self.index)
     }
@@ -137,6 +138,7 @@ impl Notification {
     /// let id: Option<i64> = n.payload().parse().ok();
     /// # }
     /// ```
+    #[inline]
     pub fn payload(&self) -> &str {
         self.block.payload(self.index)
     }
@@ -150,6 +152,7 @@ impl Notification {
     /// let mine = Some(n.process_id()) == listener.backend_pid();
     /// # }
     /// ```
+    #[inline]
     pub fn process_id(&self) -> i32 {
         self.block.process_id(self.index)
     }

@@ -172,6 +172,7 @@ impl Mailbox {
     }
 
     /// Consumer side: `unread` notifications taken are still to be read.
+    #[inline]
     pub(crate) fn set_unread(&self, unread: usize) {
         self.unread.store(unread, Ordering::Relaxed);
     }

@@ -87,6 +87,7 @@ impl Subscription {
 impl Stream for Subscription {
     type Item = Event;
 
+    #[inline]
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let this = self.get_mut();
         if this.local.is_empty() && !this.terminated {
