@@ -85,7 +85,10 @@ impl Mailbox {
     }
 
     /// Appends a batch of notifications, dropping what does not fit.
-    pub(crate) fn deliver(&self, batch: impl ExactSizeIterator<Item = Notification>) -> Delivery {
+    pub(crate) fn deliver(
+        &self,
+        mut batch: impl ExactSizeIterator<Item = Notification>,
+    ) -> Delivery {
         let mut delivery = Delivery::default();
         let waker = {
             let mut state = self.lock();
@@ -94,7 +97,6 @@ impl Mailbox {
             }
             let unread = self.unread.load(Ordering::Relaxed);
             let room = state.capacity.saturating_sub(state.queued + unread);
-            let mut batch = batch;
             if state.dropped == 0 && batch.len() <= room {
                 // The common case: everything fits, nothing to announce first.
                 let count = batch.len();
