@@ -19,7 +19,7 @@ use crate::mailbox::Mailbox;
 use crate::session::open_session;
 use crate::stats::{Stats, Status};
 use crate::subscription::Subscription;
-use crate::worker::{Command, Worker};
+use crate::worker::{Command, ReadHint, TaskCell, Worker};
 
 /// Default capacity of each subscription's queue, in notifications.
 ///
@@ -316,6 +316,8 @@ struct Inner {
     queue_capacity: usize,
     closed: AtomicBool,
     target: String,
+    /// The background task's future, shared with subscriptions.
+    cell: Arc<TaskCell>,
 }
 
 impl fmt::Debug for Listener {
@@ -357,21 +359,26 @@ impl Listener {
         let (commands, receiver) = mpsc::unbounded_channel();
         let status = Arc::new(Status::default());
         let span = tracing::info_span!("pglisten", target = settings.spec.target());
-        let inner = Arc::new(Inner {
-            commands,
-            status: status.clone(),
-            next_id: AtomicU64::new(1),
-            queue_capacity: settings.queue_capacity,
-            closed: AtomicBool::new(false),
-            target: settings.spec.target().to_owned(),
-        });
         if let Some(session) = &first {
             // Known now: a caller of `connect` may read them as soon as it returns.
             status.set_backend_pid(Some(session.backend_pid));
             status.set_state(crate::stats::ListenerState::Syncing);
         }
-        let worker = Worker::new(settings, receiver, status);
-        tokio::spawn(worker.run(first).instrument(span));
+        let target = settings.spec.target().to_owned();
+        let queue_capacity = settings.queue_capacity;
+        let read_hint = Arc::new(ReadHint::default());
+        let worker = Worker::new(settings, receiver, status.clone(), read_hint.clone());
+        let cell = TaskCell::new(Box::pin(worker.run(first).instrument(span)), read_hint);
+        tokio::spawn(cell.task());
+        let inner = Arc::new(Inner {
+            commands,
+            status,
+            next_id: AtomicU64::new(1),
+            queue_capacity,
+            closed: AtomicBool::new(false),
+            target,
+            cell,
+        });
         Listener { inner }
     }
 
@@ -435,7 +442,13 @@ impl Listener {
             .map_err(|_| Error::closed())?;
         // From here on, dropping the subscription (also by cancelling this future)
         // unsubscribes.
-        let subscription = Subscription::new(id, names, mailbox, self.inner.commands.clone());
+        let subscription = Subscription::new(
+            id,
+            names,
+            mailbox,
+            self.inner.commands.clone(),
+            self.inner.cell.clone(),
+        );
         match acked.await {
             Ok(Ok(())) => Ok(subscription),
             Ok(Err(error)) => Err(error),

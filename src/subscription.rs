@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::event::Event;
 use crate::mailbox::Mailbox;
 use crate::registry::SubscriptionId;
-use crate::worker::Command;
+use crate::worker::{Command, TaskCell};
 
 /// The events of the channels given to [`Listener::subscribe`](crate::Listener::subscribe):
 /// a [`Stream`] of [`Event`]s that ends only when the listener shuts down.
@@ -49,6 +49,9 @@ pub struct Subscription {
     /// only unread ones count against the queue's capacity.
     unread: usize,
     commands: mpsc::UnboundedSender<Command>,
+    /// The background task's future, polled here when nothing is queued (see
+    /// `worker::cell`).
+    cell: Arc<TaskCell>,
     terminated: bool,
 }
 
@@ -58,6 +61,7 @@ impl Subscription {
         channels: Vec<Arc<str>>,
         mailbox: Arc<Mailbox>,
         commands: mpsc::UnboundedSender<Command>,
+        cell: Arc<TaskCell>,
     ) -> Self {
         Subscription {
             id,
@@ -66,6 +70,7 @@ impl Subscription {
             local: VecDeque::new(),
             unread: 0,
             commands,
+            cell,
             terminated: false,
         }
     }
@@ -91,7 +96,11 @@ impl Stream for Subscription {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let this = self.get_mut();
         if this.local.is_empty() && !this.terminated {
-            match this.mailbox.poll_take(cx, &mut this.local) {
+            let mut taken = this.mailbox.poll_take(cx, &mut this.local);
+            if taken.is_pending() && this.cell.assist() {
+                taken = this.mailbox.poll_take(cx, &mut this.local);
+            }
+            match taken {
                 Poll::Ready(Some(taken)) => this.unread = taken,
                 Poll::Ready(None) => this.terminated = true,
                 Poll::Pending => return Poll::Pending,

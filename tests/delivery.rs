@@ -410,3 +410,63 @@ async fn a_consumer_that_read_everything_is_not_told_it_lagged() {
     send(&sender, &channel, "one more").await;
     assert_eq!(next_notification(&mut sub).await.payload(), "one more");
 }
+
+/// A consumer on the listener's runtime reads the connection itself when its queue runs
+/// dry; when it stops reading midway, the background task must carry on draining. The
+/// second subscription is read on a thread outside any runtime, where a consumer never
+/// reads the connection itself: it gets everything only if the task keeps reading.
+async fn stop_reading_midway_then_read_from_outside() {
+    let url = shared_url();
+    let listener = Listener::builder(&url)
+        .queue_capacity(10_000)
+        .connect()
+        .await
+        .unwrap();
+    let channel = unique("handover");
+    let mut reader = listener.subscribe([&channel]).await.unwrap();
+    let mut outside = listener.subscribe([&channel]).await.unwrap();
+    let sender = admin(&url).await;
+    let total = 5000u32;
+    sender
+        .batch_execute(&format!(
+            "SELECT pg_notify('{channel}', g::text) FROM generate_series(1, {total}) g"
+        ))
+        .await
+        .unwrap();
+    // A few batches here, then this consumer stops (it stays alive, unread).
+    for i in 1..=300 {
+        assert_eq!(
+            next_notification(&mut reader).await.payload(),
+            i.to_string()
+        );
+    }
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let outcome = futures::executor::block_on(async {
+            for i in 1..=total {
+                match futures::StreamExt::next(&mut outside).await {
+                    Some(Event::Notification(n)) if n.payload() == i.to_string() => {}
+                    other => return Err(format!("expected notification {i}, got {other:?}")),
+                }
+            }
+            Ok(outside)
+        });
+        let _ = done.send(outcome);
+    });
+    let outside = tokio::time::timeout(std::time::Duration::from_secs(60), finished)
+        .await
+        .expect("the task stopped draining the connection when the consumer stopped reading")
+        .expect("the reading thread ended")
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop((outside, reader));
+}
+
+#[tokio::test]
+async fn a_consumer_that_stops_reading_midway_leaves_the_connection_to_the_task() {
+    stop_reading_midway_then_read_from_outside().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_midway_leaves_the_connection_to_the_task_multi_thread() {
+    stop_reading_midway_then_read_from_outside().await;
+}

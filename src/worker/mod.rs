@@ -15,10 +15,18 @@
 //! (awaiting `Connection` as a future would discard notifications), and every message it
 //! has ready is drained into one batch before the subscriptions are handed their share.
 //!
+//! The task's future lives in a [`TaskCell`] (`cell.rs`): a subscription that has read
+//! everything queued for it, while the connection may still hold data, polls that same
+//! future in its own task (with this task's waker) and reads the next batch itself,
+//! instead of waiting for this task to run and hand it over.
+//!
 //! This module holds the task's life and its disconnected half (backoff, reconnect,
 //! give-up); `serve.rs` holds the connected half.
 
+mod cell;
 mod serve;
+
+pub(crate) use cell::{ReadHint, TaskCell};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -99,8 +107,11 @@ pub(crate) struct Worker {
     last_error: Option<Error>,
     /// On a current-thread runtime consumers cannot run until this task yields: yield
     /// after handing over each bounded batch, so they read (and free) it while it is
-    /// still in cache. On a multi-thread runtime they already run beside it.
+    /// still in cache. On a multi-thread runtime they run beside it. (A consumer
+    /// polling the future through the cell always stops after one batch.)
     yield_between_batches: bool,
+    /// Tells consumers whether the last read stopped with data possibly left.
+    read_hint: Arc<ReadHint>,
 }
 
 impl Worker {
@@ -108,8 +119,10 @@ impl Worker {
         settings: Arc<Settings>,
         commands: mpsc::UnboundedReceiver<Command>,
         status: Arc<Status>,
+        read_hint: Arc<ReadHint>,
     ) -> Self {
         Worker {
+            read_hint,
             backoff: BackoffSchedule::new(settings.backoff, random_seed()),
             settings,
             commands,

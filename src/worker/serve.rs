@@ -88,6 +88,8 @@ impl Worker {
             last_heartbeat: None,
         };
         let exit = std::future::poll_fn(|cx| self.poll_serve(cx, &mut serving)).await;
+        // Nothing is left for consumers to read on this connection.
+        self.read_hint.set(false);
         match exit {
             Exit::Lost(error) => {
                 // Their subscriptions are registered: they will get `Reconnected`.
@@ -448,8 +450,11 @@ impl Worker {
                     if self.registry.batch_full() {
                         let totals = self.registry.flush(log_lag);
                         self.count(totals);
-                        if self.yield_between_batches {
+                        // A consumer polling through the cell takes its batch now; the
+                        // wake-up keeps this task reading should it not come back.
+                        if self.yield_between_batches || self.read_hint.assisting() {
                             cx.waker().wake_by_ref();
+                            self.read_hint.set(true);
                             break None;
                         }
                     }
@@ -463,10 +468,19 @@ impl Worker {
                 }
                 Poll::Ready(Some(Ok(_))) => {}
                 Poll::Ready(Some(Err(e))) => {
+                    self.read_hint.set(false);
                     break Some(Exit::Lost(Error::connection_lost(Some(e))));
                 }
-                Poll::Ready(None) => break Some(Exit::Lost(Error::connection_lost(None))),
-                Poll::Pending => break None,
+                Poll::Ready(None) => {
+                    self.read_hint.set(false);
+                    break Some(Exit::Lost(Error::connection_lost(None)));
+                }
+                Poll::Pending => {
+                    // Out of cooperative budget, the connection may still be readable.
+                    self.read_hint
+                        .set(!tokio::task::coop::has_budget_remaining());
+                    break None;
+                }
             }
         };
         // What arrived before a loss is delivered before the loss is announced.
