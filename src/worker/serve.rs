@@ -467,14 +467,11 @@ impl Worker {
                     );
                 }
                 Poll::Ready(Some(Ok(_))) => {}
+                // `serve` clears the read hint once the exit is returned.
                 Poll::Ready(Some(Err(e))) => {
-                    self.read_hint.set(false);
                     break Some(Exit::Lost(Error::connection_lost(Some(e))));
                 }
-                Poll::Ready(None) => {
-                    self.read_hint.set(false);
-                    break Some(Exit::Lost(Error::connection_lost(None)));
-                }
+                Poll::Ready(None) => break Some(Exit::Lost(Error::connection_lost(None))),
                 Poll::Pending => {
                     // Out of cooperative budget, the connection may still be readable.
                     self.read_hint
