@@ -22,6 +22,12 @@ use crate::worker::{Command, TaskCell};
 /// [`Event::Lagged`] with the number dropped. Dropping the subscription unsubscribes
 /// (and UNLISTENs channels nobody else wants); it needs no runtime to do so.
 ///
+/// It can be polled anywhere: on the listener's runtime, on another executor, or from a
+/// plain thread. Polled from a task of the listener's runtime, a subscription with
+/// nothing queued reads the next batch from the connection itself when the background
+/// task has more waiting, which saves a task switch per batch while you keep up; the
+/// background task still reads whenever no consumer does.
+///
 /// Compose it with the usual stream combinators:
 ///
 /// ```no_run
