@@ -2,7 +2,8 @@
 //! benchmarks of `pglisten`.
 //!
 //! Dependencies: std for the clusters; `tokio` for the network-fault helpers
-//! [`FaultProxy`] and [`BlackHole`] (see the `proxy` module); the optional `tls` feature
+//! [`FaultProxy`] and [`BlackHole`] (see the `proxy` module); `tokio-postgres` for the
+//! plain clients [`admin`] and [`raw`]; the optional `tls` feature
 //! adds `rcgen` for test certificates (module `tls`). No `unsafe`.
 //!
 //! Every [`Cluster`] is a real PostgreSQL server started from the installed
@@ -36,8 +37,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod client;
 mod proxy;
 
+pub use client::{RawConnection, admin, drive, raw};
 pub use proxy::{BlackHole, FaultProxy};
 
 use std::collections::BTreeSet;
