@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::random::SplitMix64;
+
 /// How long the listener waits between reconnect attempts.
 ///
 /// The first attempt after a lost connection is made at once. Before attempt `n + 1`
@@ -177,7 +179,7 @@ impl BackoffSchedule {
         BackoffSchedule {
             policy,
             attempt: 0,
-            rng: SplitMix64(seed),
+            rng: SplitMix64::new(seed),
         }
     }
 
@@ -189,7 +191,7 @@ impl BackoffSchedule {
         if nanos == 0 {
             return Duration::ZERO;
         }
-        Duration::from_nanos(self.rng.next() % nanos.saturating_add(1))
+        Duration::from_nanos(self.rng.up_to(nanos))
     }
 
     /// Attempts made since the last reset.
@@ -201,33 +203,6 @@ impl BackoffSchedule {
     pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
-}
-
-/// A tiny, well-distributed generator; jitter needs no cryptographic randomness.
-#[derive(Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-/// A seed that differs between processes and listeners, without a `rand` dependency.
-pub(crate) fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    hasher.finish()
 }
 
 #[cfg(test)]
@@ -336,10 +311,5 @@ mod tests {
                 .gives_up(1, Duration::ZERO)
                 .is_some()
         );
-    }
-
-    #[test]
-    fn seeds_differ() {
-        assert_ne!(random_seed(), random_seed());
     }
 }

@@ -149,36 +149,6 @@ impl Error {
         )
     }
 
-    /// Classifies a failure to connect or to set up a fresh connection.
-    pub(crate) fn connect_failed(what: &str, cause: tokio_postgres::Error) -> Self {
-        let kind = classify_connect(&cause);
-        let hint = match kind {
-            ErrorKind::Authentication => "; check the user name and password",
-            ErrorKind::Config => "; check the connection string",
-            _ => "",
-        };
-        let detail = describe_driver_error(&cause);
-        Error::with_source(kind, format!("{what}: {detail}{hint}"), cause)
-    }
-
-    /// The connection of a listening session failed or ended.
-    pub(crate) fn connection_lost(cause: Option<tokio_postgres::Error>) -> Self {
-        match cause {
-            Some(cause) => {
-                let detail = describe_driver_error(&cause);
-                Error::with_source(
-                    ErrorKind::ConnectionLost,
-                    format!("connection to the server was lost ({detail}); reconnecting"),
-                    cause,
-                )
-            }
-            None => Error::new(
-                ErrorKind::ConnectionLost,
-                "the server closed the connection; reconnecting",
-            ),
-        }
-    }
-
     /// What kind of trouble this is.
     ///
     /// ```
@@ -192,7 +162,67 @@ impl Error {
         self.inner.kind
     }
 
-    /// The SQLSTATE code the server sent, when this error carries a server error.
+    /// True when the listener is closed: it was shut down, gave up reconnecting, or
+    /// its background task ended ([`ErrorKind::Closed`]). Every later request fails the
+    /// same way; make a new [`Listener`](crate::Listener) if you need one. (A lost
+    /// connection is not this: the listener reconnects by itself.)
+    ///
+    /// ```
+    /// # async fn run(listener: pglisten::Listener) {
+    /// listener.shutdown().await;
+    /// let err = listener.notify("orders", "42").await.unwrap_err();
+    /// assert!(err.is_closed());
+    /// # }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.inner.kind == ErrorKind::Closed
+    }
+
+    /// True when something took longer than its bound ([`ErrorKind::Timeout`]): a
+    /// connection attempt past `connect_timeout`, or a heartbeat the server did not
+    /// answer in time.
+    ///
+    /// ```
+    /// # fn check(err: &pglisten::Error) {
+    /// if err.is_timeout() {
+    ///     eprintln!("the server is slow or unreachable: {err}");
+    /// }
+    /// # }
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        self.inner.kind == ErrorKind::Timeout
+    }
+
+    /// The error the server sent, when this error (or one of its causes) carries one:
+    /// its SQLSTATE, and its message, detail and hint in the server's language.
+    ///
+    /// ```
+    /// # fn check(err: &pglisten::Error) {
+    /// if let Some(db) = err.as_db_error() {
+    ///     eprintln!("the server said: {} (SQLSTATE {})", db.message(), db.code().code());
+    /// }
+    /// # }
+    /// ```
+    pub fn as_db_error(&self) -> Option<&tokio_postgres::error::DbError> {
+        let mut cause = self
+            .inner
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static));
+        while let Some(error) = cause {
+            if let Some(driver) = error.downcast_ref::<tokio_postgres::Error>() {
+                return driver.as_db_error();
+            }
+            if let Some(db) = error.downcast_ref::<tokio_postgres::error::DbError>() {
+                return Some(db);
+            }
+            cause = error.source();
+        }
+        None
+    }
+
+    /// The SQLSTATE code the server sent, when this error carries a server error (see
+    /// [`as_db_error`](Error::as_db_error)).
     ///
     /// ```
     /// # fn check(err: &pglisten::Error) {
@@ -202,57 +232,7 @@ impl Error {
     /// # }
     /// ```
     pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
-        self.inner
-            .source
-            .as_deref()
-            .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
-            .and_then(|e| e.code())
-    }
-}
-
-/// Sorts a tokio-postgres failure during connection set-up into an [`ErrorKind`].
-///
-/// tokio-postgres does not expose its error kinds, so server errors are classified by
-/// SQLSTATE and client-side ones by the driver's (stable) description.
-fn classify_connect(cause: &tokio_postgres::Error) -> ErrorKind {
-    if let Some(db) = cause.as_db_error() {
-        // Class 28: invalid authorization. Anything else the server says while a
-        // connection is being set up (starting up, shutting down, too many connections,
-        // no such database) means this attempt could not connect.
-        return if db.code().code().starts_with("28") {
-            ErrorKind::Authentication
-        } else {
-            ErrorKind::Connect
-        };
-    }
-    let text = cause.to_string();
-    if text.starts_with("authentication error") {
-        ErrorKind::Authentication
-    } else if text.starts_with("invalid connection string")
-        || text.starts_with("invalid configuration")
-    {
-        ErrorKind::Config
-    } else if text.starts_with("timeout") {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Connect
-    }
-}
-
-/// One line about a driver error: the server's message when there is one, else the
-/// driver's description followed by its own cause.
-fn describe_driver_error(cause: &tokio_postgres::Error) -> String {
-    if let Some(db) = cause.as_db_error() {
-        return format!(
-            "{}: {} (SQLSTATE {})",
-            db.severity(),
-            db.message(),
-            db.code().code()
-        );
-    }
-    match std::error::Error::source(cause) {
-        Some(inner) => format!("{cause}: {inner}"),
-        None => cause.to_string(),
+        self.as_db_error().map(tokio_postgres::error::DbError::code)
     }
 }
 
@@ -277,25 +257,6 @@ impl fmt::Debug for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.inner.source.as_deref().map(|s| s as _)
-    }
-}
-
-impl From<tokio_postgres::Error> for Error {
-    /// Wraps a driver error from the caller's own queries (for example in a transaction
-    /// around [`notify`](crate::notify)).
-    fn from(e: tokio_postgres::Error) -> Self {
-        let kind = if e.as_db_error().is_some() {
-            ErrorKind::Database
-        } else if e.is_closed() {
-            ErrorKind::ConnectionLost
-        } else {
-            ErrorKind::Connect
-        };
-        let message = match e.as_db_error() {
-            Some(db) => format!("database error: {}", db.message()),
-            None => format!("database client error: {e}"),
-        };
-        Error::with_source(kind, message, e)
     }
 }
 
@@ -331,6 +292,44 @@ mod tests {
         let err = Error::closed();
         assert_eq!(err.kind(), ErrorKind::Closed);
         assert!(err.to_string().contains("shut down"));
+    }
+
+    #[test]
+    fn is_one_pointer_and_shareable() {
+        fn check<T: Send + Sync + Clone + Unpin + 'static>() {}
+        check::<Error>();
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Result<()>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
+    fn predicates_follow_the_kind() {
+        assert!(Error::closed().is_closed());
+        assert!(!Error::closed().is_timeout());
+        let slow = Error::new(ErrorKind::Timeout, "slow");
+        assert!(slow.is_timeout() && !slow.is_closed());
+        assert!(slow.as_db_error().is_none() && slow.code().is_none());
+    }
+
+    #[test]
+    fn display_never_includes_the_source() {
+        let cause = std::io::Error::other("the cause's own words");
+        let outer = Error::with_source(ErrorKind::Connect, "could not connect", cause);
+        let wrapped = Error::with_source(ErrorKind::Closed, "gave up", outer);
+        assert_eq!(wrapped.to_string(), "gave up");
+        let chain: Vec<String> =
+            std::iter::successors(Some(&wrapped as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            chain,
+            ["gave up", "could not connect", "the cause's own words"]
+        );
     }
 
     #[test]

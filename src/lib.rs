@@ -159,40 +159,44 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
-mod backoff;
-mod block;
-mod channel;
-mod connect;
-mod conninfo;
-mod error;
-mod event;
-mod heartbeat;
-#[cfg(feature = "serde")]
-mod json;
+// Layers, top to bottom; a module imports only from its own layer or the ones below
+// (CONTRIBUTING.md shows the graph; tests/it/layout.rs checks it).
+//   handles:        listener (+ listener::builder), subscription, notify
+//   the task:       worker
+//   configuration:  config
+//   below the task: connect (reaching the server), fanout (routing to queues)
+//   foundations:    error, stats, channel, backoff, heartbeat, random
 mod listener;
-mod mailbox;
-mod registry;
-mod session;
-mod stats;
+mod notify;
 mod subscription;
-#[cfg(feature = "tls")]
-mod tls;
+
 mod worker;
+
+mod config;
+
+mod connect;
+mod fanout;
+
+mod backoff;
+mod channel;
+mod error;
+mod heartbeat;
+mod random;
+mod stats;
 
 pub use backoff::Backoff;
 pub use channel::{MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES};
+pub use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY};
 pub use connect::Credentials;
 pub use error::{Error, ErrorKind, Result};
-pub use event::{Event, Notification, ReconnectReport};
+pub use fanout::{Event, Notification, ReconnectReport};
 pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, QUEUE_USAGE_WARNING};
-pub use listener::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY, Listener, ListenerBuilder, notify,
-};
+pub use listener::{Listener, ListenerBuilder};
+pub use notify::notify;
+#[cfg(feature = "serde")]
+pub use notify::notify_json;
 pub use stats::{ListenerState, Stats};
 pub use subscription::Subscription;
-
-#[cfg(feature = "serde")]
-pub use json::notify_json;
 
 /// The README's code, compiled and checked as doc tests.
 #[doc = include_str!("../README.md")]

@@ -115,12 +115,12 @@ struct HeartbeatSample {
 pub(crate) struct Status {
     state: AtomicU8,
     backend_pid: AtomicI32,
-    pub(crate) received: AtomicU64,
-    pub(crate) delivered: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    pub(crate) reconnects: AtomicU64,
-    pub(crate) subscriptions: AtomicUsize,
-    pub(crate) channels: AtomicUsize,
+    received: AtomicU64,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    reconnects: AtomicU64,
+    subscriptions: AtomicUsize,
+    channels: AtomicUsize,
     heartbeat: Mutex<HeartbeatSample>,
 }
 
@@ -144,10 +144,30 @@ impl Status {
         }
     }
 
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        if n > 0 {
-            counter.fetch_add(n, Ordering::Relaxed);
-        }
+    /// Notifications read from the server.
+    pub(crate) fn add_received(&self, n: u64) {
+        add(&self.received, n);
+    }
+
+    /// Notifications queued for subscriptions, and dropped for lag.
+    pub(crate) fn add_delivered_and_dropped(&self, delivered: u64, dropped: u64) {
+        add(&self.delivered, delivered);
+        add(&self.dropped, dropped);
+    }
+
+    /// One more connection re-established after a loss.
+    pub(crate) fn add_reconnect(&self) {
+        add(&self.reconnects, 1);
+    }
+
+    /// Live subscriptions now.
+    pub(crate) fn set_subscriptions(&self, count: usize) {
+        self.subscriptions.store(count, Ordering::Relaxed);
+    }
+
+    /// Channels LISTENed to on the current connection now.
+    pub(crate) fn set_channels(&self, count: usize) {
+        self.channels.store(count, Ordering::Relaxed);
     }
 
     pub(crate) fn record_heartbeat(&self, at: Instant, rtt: Duration, queue_usage: Option<f64>) {
@@ -177,6 +197,13 @@ impl Status {
     }
 }
 
+/// Adds `n` to a counter (skipping the atomic write for nothing).
+fn add(counter: &AtomicU64, n: u64) {
+    if n > 0 {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,8 +226,8 @@ mod tests {
     #[test]
     fn snapshot_reflects_counters_and_heartbeat() {
         let status = Status::default();
-        Status::add(&status.received, 5);
-        Status::add(&status.dropped, 2);
+        status.add_received(5);
+        status.add_delivered_and_dropped(0, 2);
         status.set_backend_pid(Some(42));
         status.record_heartbeat(Instant::now(), Duration::from_millis(3), Some(0.25));
         let stats = status.snapshot();

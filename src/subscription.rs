@@ -9,9 +9,7 @@ use std::task::{Context, Poll};
 use futures::stream::{FusedStream, Stream};
 use tokio::sync::mpsc;
 
-use crate::event::Event;
-use crate::mailbox::Mailbox;
-use crate::registry::SubscriptionId;
+use crate::fanout::{Event, Mailbox, SubscriptionId};
 use crate::worker::{Command, TaskCell};
 
 /// The events of the channels given to [`Listener::subscribe`](crate::Listener::subscribe):

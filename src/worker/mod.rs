@@ -24,9 +24,11 @@
 //! give-up); `serve.rs` holds the connected half.
 
 mod cell;
+mod command;
 mod serve;
 
 pub(crate) use cell::{ReadHint, TaskCell};
+pub(crate) use command::{Command, Request};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,44 +38,16 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::backoff::{BackoffSchedule, random_seed};
+use self::command::Refusal;
+use self::serve::Serving;
+use crate::backoff::BackoffSchedule;
+use crate::config::ListenerConfig;
+use crate::connect::{Session, open_session};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::Event;
+use crate::fanout::{Event, LagChange, Registry, SubscriptionId};
 use crate::heartbeat::QueueUsageAlarm;
-use crate::listener::Settings;
-use crate::mailbox::Mailbox;
-use crate::registry::{LagChange, Registry, SubscriptionId};
-use crate::session::{Session, not_connected, open_session};
+use crate::random::SplitMix64;
 use crate::stats::{ListenerState, Status};
-
-/// A request from a [`Listener`](crate::Listener) or [`Subscription`](crate::Subscription).
-pub(crate) enum Command {
-    Subscribe {
-        id: SubscriptionId,
-        channels: Vec<Arc<str>>,
-        mailbox: Arc<Mailbox>,
-        ack: oneshot::Sender<Result<()>>,
-    },
-    Unsubscribe {
-        id: SubscriptionId,
-    },
-    Notify {
-        channel: String,
-        payload: String,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    ListeningChannels {
-        reply: oneshot::Sender<Result<Vec<String>>>,
-    },
-    /// Drop the connection and connect again (or skip the current backoff delay).
-    Reconnect {
-        /// Answered once the old connection is closed and the loss announced.
-        done: oneshot::Sender<()>,
-    },
-    Shutdown {
-        done: oneshot::Sender<()>,
-    },
-}
 
 type Query<T> = Pin<Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send>>;
 type Ack = oneshot::Sender<Result<()>>;
@@ -84,15 +58,27 @@ enum Exit {
     Lost(Error),
 }
 
-/// What a command received while disconnected asks of the reconnect loop.
-enum Offline {
+/// Where the task is when it handles a command.
+enum Phase<'a> {
+    /// Connected, in this serving period.
+    Online(&'a mut Serving),
+    /// Between connections (backing off or connecting).
+    Offline,
+    /// Finished: everything is refused.
+    Closed,
+}
+
+/// What a command asks of the loop that received it.
+#[must_use]
+enum Next {
     Continue,
-    AttemptNow,
+    /// Drop the connection (online) or attempt now (offline).
+    Reconnect,
     Stop,
 }
 
 pub(crate) struct Worker {
-    settings: Arc<Settings>,
+    config: Arc<ListenerConfig>,
     commands: mpsc::UnboundedReceiver<Command>,
     registry: Registry,
     backoff: BackoffSchedule,
@@ -116,15 +102,15 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn new(
-        settings: Arc<Settings>,
+        config: Arc<ListenerConfig>,
         commands: mpsc::UnboundedReceiver<Command>,
         status: Arc<Status>,
         read_hint: Arc<ReadHint>,
     ) -> Self {
         Worker {
             read_hint,
-            backoff: BackoffSchedule::new(settings.backoff, random_seed()),
-            settings,
+            backoff: BackoffSchedule::new(config.backoff, SplitMix64::from_entropy().next_u64()),
+            config,
             commands,
             registry: Registry::default(),
             status,
@@ -160,9 +146,7 @@ impl Worker {
                 Exit::Lost(error) => {
                     warn!(error = %error, "connection lost; reconnecting");
                     self.status.set_backend_pid(None);
-                    self.status
-                        .channels
-                        .store(0, std::sync::atomic::Ordering::Relaxed);
+                    self.status.set_channels(0);
                     let now = Instant::now();
                     self.outage_since = Some(now);
                     self.registry.broadcast(&Event::Error(error.clone()));
@@ -181,10 +165,10 @@ impl Worker {
     /// Disconnected: wait (interruptibly) and try again until connected, stopped, or
     /// the give-up policy fires.
     async fn reconnect(&mut self) -> Option<Session> {
-        let settings = self.settings.clone();
+        let config = self.config.clone();
         loop {
             let outage = self.outage_since.map(|t| t.elapsed()).unwrap_or_default();
-            if let Some(limit) = settings.backoff.gives_up(self.backoff.attempts(), outage) {
+            if let Some(limit) = config.backoff.gives_up(self.backoff.attempts(), outage) {
                 self.give_up(&limit);
                 return None;
             }
@@ -198,23 +182,24 @@ impl Worker {
                 loop {
                     tokio::select! {
                         () = &mut sleep => break,
-                        command = self.commands.recv() => match self.handle_offline(command) {
-                            Offline::Continue => {}
-                            Offline::AttemptNow => break,
-                            Offline::Stop => return None,
+                        command = self.commands.recv() => match self.dispatch_offline(command) {
+                            Next::Continue => {}
+                            Next::Reconnect => break,
+                            Next::Stop => return None,
                         },
                     }
                 }
             }
             self.status.set_state(ListenerState::Connecting);
-            info!(attempt, target = settings.spec.target(), "connecting");
-            let connecting = open_session(&settings);
+            info!(attempt, target = config.connect.target(), "connecting");
+            let connecting = open_session(&config.connect);
             tokio::pin!(connecting);
             let result = loop {
                 tokio::select! {
                     result = &mut connecting => break result,
                     command = self.commands.recv() => {
-                        if let Offline::Stop = self.handle_offline(command) {
+                        // A reconnect request is answered; this attempt goes on.
+                        if let Next::Stop = self.dispatch_offline(command) {
                             return None;
                         }
                     }
@@ -243,48 +228,74 @@ impl Worker {
         self.registry.broadcast(&Event::Error(error));
     }
 
-    /// Handles a command while disconnected.
-    fn handle_offline(&mut self, command: Option<Command>) -> Offline {
+    /// Handles a command received while disconnected (`None`: every handle is gone).
+    fn dispatch_offline(&mut self, command: Option<Command>) -> Next {
         match command {
-            None => Offline::Stop,
-            Some(Command::Shutdown { done }) => {
-                self.shutdown_waiters.push(done);
-                Offline::Stop
-            }
-            Some(Command::Reconnect { done }) => {
-                let _ = done.send(());
-                Offline::AttemptNow
-            }
-            Some(Command::Subscribe {
+            Some(command) => self.dispatch(command, Phase::Offline),
+            None => Next::Stop,
+        }
+    }
+
+    /// The one place a command is handled, whatever the task is doing.
+    fn dispatch(&mut self, command: Command, phase: Phase<'_>) -> Next {
+        let mut phase = phase;
+        if let Phase::Online(serving) = &mut phase {
+            // Something changed: a sync the server refused may be tried again.
+            serving.replan_blocked = false;
+        }
+        match command {
+            Command::Subscribe {
                 id,
                 channels,
                 mailbox,
                 ack,
-            }) => {
-                self.registry
-                    .add(id, channels, mailbox, Some(Instant::now()));
-                self.status
-                    .subscriptions
-                    .store(self.registry.len(), std::sync::atomic::Ordering::Relaxed);
-                let _ = ack.send(Ok(()));
-                Offline::Continue
+            } => match phase {
+                Phase::Online(serving) => {
+                    self.registry.add(id, channels, mailbox, None);
+                    self.status.set_subscriptions(self.registry.len());
+                    // Acknowledged once LISTEN is confirmed (see `start_sync`).
+                    serving.waiting.push(ack);
+                }
+                Phase::Offline => {
+                    // Registered now; it starts with `Reconnected` once listening.
+                    self.registry
+                        .add(id, channels, mailbox, Some(Instant::now()));
+                    self.status.set_subscriptions(self.registry.len());
+                    let _ = ack.send(Ok(()));
+                }
+                Phase::Closed => {
+                    let _ = ack.send(Err(Error::closed()));
+                }
+            },
+            Command::Unsubscribe { id } => {
+                if !matches!(phase, Phase::Closed) {
+                    self.registry.remove(id);
+                    self.status.set_subscriptions(self.registry.len());
+                }
             }
-            Some(Command::Unsubscribe { id }) => {
-                self.registry.remove(id);
-                self.status
-                    .subscriptions
-                    .store(self.registry.len(), std::sync::atomic::Ordering::Relaxed);
-                Offline::Continue
+            Command::Request(request) => match phase {
+                Phase::Online(serving) => serving
+                    .requests
+                    .push(request.run(serving.session.client.clone())),
+                Phase::Offline => request.refuse(Refusal::Offline),
+                Phase::Closed => request.refuse(Refusal::Closed),
+            },
+            Command::Reconnect { done } => {
+                match phase {
+                    // Answered once the old connection is closed and the loss announced.
+                    Phase::Online(_) => self.reconnect_waiters.push(done),
+                    Phase::Offline | Phase::Closed => {
+                        let _ = done.send(());
+                    }
+                }
+                return Next::Reconnect;
             }
-            Some(Command::Notify { reply, .. }) => {
-                let _ = reply.send(Err(not_connected("the notification was not sent")));
-                Offline::Continue
-            }
-            Some(Command::ListeningChannels { reply }) => {
-                let _ = reply.send(Err(not_connected("the server listens to nothing for us")));
-                Offline::Continue
+            Command::Shutdown { done } => {
+                self.shutdown_waiters.push(done);
+                return Next::Stop;
             }
         }
+        Next::Continue
     }
 
     /// Ends every stream, refuses what is still queued, and releases `shutdown` callers.
@@ -296,22 +307,7 @@ impl Worker {
         self.commands.close();
         self.registry.close_all();
         while let Ok(command) = self.commands.try_recv() {
-            match command {
-                Command::Subscribe { ack, .. } => {
-                    let _ = ack.send(Err(Error::closed()));
-                }
-                Command::Notify { reply, .. } => {
-                    let _ = reply.send(Err(Error::closed()));
-                }
-                Command::ListeningChannels { reply } => {
-                    let _ = reply.send(Err(Error::closed()));
-                }
-                Command::Shutdown { done } => self.shutdown_waiters.push(done),
-                Command::Reconnect { done } => {
-                    let _ = done.send(());
-                }
-                Command::Unsubscribe { .. } => {}
-            }
+            let _ = self.dispatch(command, Phase::Closed);
         }
         for done in self.reconnect_waiters.drain(..) {
             let _ = done.send(());

@@ -11,13 +11,13 @@ use tokio::time::Sleep;
 use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
 use tracing::{debug, info, warn};
 
+use super::command::Running;
+use super::{Ack, Exit, Next, Phase, Query, Worker, log_lag};
+use crate::connect::{Session, close_gracefully, connection_lost};
 use crate::error::{Error, ErrorKind, Result};
+use crate::fanout::{FlushTotals, SyncPlan};
 use crate::heartbeat::{self, AlarmChange};
-use crate::registry::{FlushTotals, SyncPlan};
-use crate::session::{self, Session, close_gracefully};
-use crate::stats::{ListenerState, Status};
-
-use super::{Ack, Command, Exit, Query, Worker, log_lag};
+use crate::stats::ListenerState;
 
 /// The in-flight LISTEN/UNLISTEN batch.
 struct SyncOp {
@@ -37,20 +37,20 @@ struct Probe {
 }
 
 /// The state of one connected period.
-struct Serving {
-    session: Session,
+pub(super) struct Serving {
+    pub(super) session: Session,
     sync: Option<SyncOp>,
     syncs_started: u64,
     /// Subscribe acks waiting for the next sync to start.
-    waiting: Vec<Ack>,
+    pub(super) waiting: Vec<Ack>,
     /// In-flight requests (notify, listening_channels); each replies by itself.
-    requests: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    pub(super) requests: FuturesUnordered<Running>,
     /// False until the first sync on this connection completed.
     listening: bool,
     /// The connect timeout also bounds the first sync.
     sync_deadline: Option<Pin<Box<Sleep>>>,
     /// A sync failed with a server error: wait for the next command before retrying.
-    replan_blocked: bool,
+    pub(super) replan_blocked: bool,
     next_heartbeat: Pin<Box<Sleep>>,
     probe: Option<Probe>,
     last_heartbeat: Option<Instant>,
@@ -73,7 +73,7 @@ impl Worker {
             backend_pid = session.backend_pid,
             "connected; syncing LISTEN"
         );
-        let heartbeat = self.settings.heartbeat;
+        let heartbeat = self.config.heartbeat;
         let mut serving = Serving {
             session,
             sync: None,
@@ -81,7 +81,9 @@ impl Worker {
             waiting: Vec::new(),
             requests: FuturesUnordered::new(),
             listening: false,
-            sync_deadline: Some(Box::pin(tokio::time::sleep(self.settings.connect_timeout))),
+            sync_deadline: Some(Box::pin(tokio::time::sleep(
+                self.config.connect.attempt_timeout(),
+            ))),
             replan_blocked: false,
             next_heartbeat: Box::pin(tokio::time::sleep(heartbeat.interval)),
             probe: None,
@@ -125,25 +127,19 @@ impl Worker {
 
     fn poll_serve(&mut self, cx: &mut Context<'_>, s: &mut Serving) -> Poll<Exit> {
         loop {
-            loop {
-                match self.commands.poll_recv(cx) {
-                    Poll::Ready(Some(Command::Shutdown { done })) => {
-                        self.shutdown_waiters.push(done);
-                        return Poll::Ready(Exit::Stop);
-                    }
-                    Poll::Ready(Some(Command::Reconnect { done })) => {
-                        self.reconnect_waiters.push(done);
+            while let Poll::Ready(command) = self.commands.poll_recv(cx) {
+                let Some(command) = command else {
+                    return Poll::Ready(Exit::Stop); // every handle is gone
+                };
+                match self.dispatch(command, Phase::Online(s)) {
+                    Next::Continue => {}
+                    Next::Reconnect => {
                         return Poll::Ready(Exit::Lost(Error::new(
                             ErrorKind::ConnectionLost,
                             "reconnecting as requested by Listener::reconnect",
                         )));
                     }
-                    Poll::Ready(Some(command)) => {
-                        s.replan_blocked = false;
-                        self.handle_online(command, s);
-                    }
-                    Poll::Ready(None) => return Poll::Ready(Exit::Stop),
-                    Poll::Pending => break,
+                    Next::Stop => return Poll::Ready(Exit::Stop),
                 }
             }
 
@@ -180,7 +176,7 @@ impl Worker {
                     format!(
                         "LISTEN was not confirmed within the connect timeout of {:?}; \
                          reconnecting",
-                        self.settings.connect_timeout
+                        self.config.connect.attempt_timeout()
                     ),
                 )));
             }
@@ -189,49 +185,6 @@ impl Worker {
             if !sync_finished {
                 return Poll::Pending;
             }
-        }
-    }
-
-    fn handle_online(&mut self, command: Command, s: &mut Serving) {
-        match command {
-            Command::Subscribe {
-                id,
-                channels,
-                mailbox,
-                ack,
-            } => {
-                self.registry.add(id, channels, mailbox, None);
-                self.status
-                    .subscriptions
-                    .store(self.registry.len(), std::sync::atomic::Ordering::Relaxed);
-                s.waiting.push(ack);
-            }
-            Command::Unsubscribe { id } => {
-                self.registry.remove(id);
-                self.status
-                    .subscriptions
-                    .store(self.registry.len(), std::sync::atomic::Ordering::Relaxed);
-            }
-            Command::Notify {
-                channel,
-                payload,
-                reply,
-            } => {
-                let client = s.session.client.clone();
-                s.requests.push(Box::pin(async move {
-                    let result = crate::listener::notify(&*client, &channel, &payload).await;
-                    let _ = reply.send(result);
-                }));
-            }
-            Command::ListeningChannels { reply } => {
-                let client = s.session.client.clone();
-                s.requests.push(Box::pin(async move {
-                    let _ = reply.send(session::listening_channels(&client).await);
-                }));
-            }
-            // Handled by the caller.
-            Command::Reconnect { done } => self.reconnect_waiters.push(done),
-            Command::Shutdown { done } => self.shutdown_waiters.push(done),
         }
     }
 
@@ -289,16 +242,13 @@ impl Worker {
         s.listening = true;
         s.sync_deadline = None;
         if self.outage_since.take().is_some() {
-            Status::add(&self.status.reconnects, 1);
+            self.status.add_reconnect();
         }
         self.last_error = None;
         // A successful re-sync: the next outage starts its backoff over.
         self.backoff.reset();
         self.status.set_state(ListenerState::Listening);
-        self.status.channels.store(
-            self.registry.confirmed_count(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.status.set_channels(self.registry.confirmed_count());
         info!(
             channels = self.registry.confirmed_count(),
             subscriptions = self.registry.len(),
@@ -317,10 +267,7 @@ impl Worker {
         match result {
             Ok(()) => {
                 self.registry.confirm(&op.plan);
-                self.status.channels.store(
-                    self.registry.confirmed_count(),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                self.status.set_channels(self.registry.confirmed_count());
                 for ack in op.acks {
                     let _ = ack.send(Ok(()));
                 }
@@ -328,18 +275,10 @@ impl Worker {
             }
             Err(e) if e.as_db_error().is_none() => {
                 s.waiting.extend(op.acks);
-                Err(Exit::Lost(Error::connection_lost(Some(e))))
+                Err(Exit::Lost(connection_lost(Some(e))))
             }
             Err(e) => {
-                let detail = e
-                    .as_db_error()
-                    .map(|d| d.message().to_owned())
-                    .unwrap_or_default();
-                let error = Error::with_source(
-                    ErrorKind::Database,
-                    format!("the server refused LISTEN/UNLISTEN: {detail}"),
-                    e,
-                );
+                let error = crate::connect::listen_refused(e);
                 for ack in op.acks {
                     let _ = ack.send(Err(error.clone()));
                 }
@@ -357,7 +296,7 @@ impl Worker {
     /// Runs the heartbeat: a probe every interval once listening, each bounded by the
     /// heartbeat timeout.
     fn poll_heartbeat(&mut self, cx: &mut Context<'_>, s: &mut Serving) -> Result<(), Exit> {
-        let config = self.settings.heartbeat;
+        let config = self.config.heartbeat;
         loop {
             if let Some(probe) = s.probe.as_mut() {
                 match probe.query.as_mut().poll(cx) {
@@ -368,7 +307,7 @@ impl Worker {
                         s.next_heartbeat.as_mut().reset(next);
                     }
                     Poll::Ready(Err(e)) => {
-                        return Err(Exit::Lost(Error::connection_lost(Some(e))));
+                        return Err(Exit::Lost(connection_lost(Some(e))));
                     }
                     Poll::Pending => {
                         if probe.deadline.as_mut().poll(cx).is_ready() {
@@ -460,18 +399,14 @@ impl Worker {
                     }
                 }
                 Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => {
-                    debug!(
-                        severity = notice.severity(),
-                        message = notice.message(),
-                        "server notice"
-                    );
+                    debug!(code = notice.code().code(), %notice, "server notice");
                 }
                 Poll::Ready(Some(Ok(_))) => {}
                 // `serve` clears the read hint once the exit is returned.
                 Poll::Ready(Some(Err(e))) => {
-                    break Some(Exit::Lost(Error::connection_lost(Some(e))));
+                    break Some(Exit::Lost(connection_lost(Some(e))));
                 }
-                Poll::Ready(None) => break Some(Exit::Lost(Error::connection_lost(None))),
+                Poll::Ready(None) => break Some(Exit::Lost(connection_lost(None))),
                 Poll::Pending => {
                     // Out of cooperative budget, the connection may still be readable.
                     self.read_hint
@@ -483,12 +418,12 @@ impl Worker {
         // What arrived before a loss is delivered before the loss is announced.
         let totals = self.registry.flush(log_lag);
         self.count(totals);
-        Status::add(&self.status.received, received);
+        self.status.add_received(received);
         exit
     }
 
     fn count(&self, totals: FlushTotals) {
-        Status::add(&self.status.delivered, totals.queued);
-        Status::add(&self.status.dropped, totals.dropped);
+        self.status
+            .add_delivered_and_dropped(totals.queued, totals.dropped);
     }
 }

@@ -1,6 +1,6 @@
 //! One established connection set up for listening, and the small requests the worker
-//! runs on it. Reaching the server is `connect.rs`'s job; this module prepares the
-//! session (backend pid, no idle timeout) and closes it cleanly.
+//! runs on it. Reaching the server is `attempt`'s job; this module prepares the session
+//! (backend pid, no idle timeout, the delivery self-check) and closes it cleanly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +9,11 @@ use futures::StreamExt;
 use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 use tracing::debug;
 
-use crate::connect::{Established, MessageStream, drive};
+use super::attempt::{ConnectConfig, Established};
+use super::diagnose;
+use super::messages::{MessageStream, drive};
+use crate::channel::{quote_identifier, validate_channel, validate_payload};
 use crate::error::{Error, ErrorKind, Result};
-use crate::listener::Settings;
 
 /// One established connection.
 pub(crate) struct Session {
@@ -29,19 +31,19 @@ const SETUP_SQL: &str = "SELECT pg_backend_pid(), \
      THEN set_config('idle_session_timeout', '0', false) END";
 
 /// Connects, authenticates and prepares the session, all within the connect timeout.
-pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
-    let target = settings.spec.target();
+pub(crate) async fn open_session(config: &ConnectConfig) -> Result<Session> {
+    let target = config.target();
     let attempt = async {
         let Established {
             client,
             mut messages,
             host,
-        } = settings.spec.connect().await?;
+        } = config.connect().await?;
         let client = Arc::new(client);
         let rows = drive(&mut messages, client.simple_query(SETUP_SQL))
             .await
             .map_err(|e| {
-                Error::connect_failed(&format!("could not set up the connection to {target}"), e)
+                diagnose::connect_failed(&format!("could not set up the connection to {target}"), e)
             })?;
         let backend_pid = first_value(&rows).and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut session = Session {
@@ -50,19 +52,20 @@ pub(crate) async fn open_session(settings: &Settings) -> Result<Session> {
             backend_pid,
             host: Arc::from(host),
         };
-        if settings.self_check {
-            check_delivery(settings, &mut session).await?;
+        if config.self_check() {
+            check_delivery(config, &mut session).await?;
         }
         Ok(session)
     };
-    match tokio::time::timeout(settings.connect_timeout, attempt).await {
+    let timeout = config.attempt_timeout();
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,
             format!(
                 "connecting to {target} took longer than the connect timeout of {:?}; check \
                  that the server is reachable, or raise ListenerBuilder::connect_timeout",
-                settings.connect_timeout
+                timeout
             ),
         )),
     }
@@ -77,11 +80,11 @@ const SELF_CHECK_WAIT: Duration = Duration::from_secs(3);
 /// pooler in transaction or statement mode the listening server connection goes back to
 /// the pool between transactions and such a notification never arrives, silently; this
 /// turns that into a clear error at connect time.
-async fn check_delivery(settings: &Settings, session: &mut Session) -> Result<()> {
+async fn check_delivery(config: &ConnectConfig, session: &mut Session) -> Result<()> {
     let channel = format!("pglisten_self_check_{}", session.backend_pid);
-    let quoted = crate::channel::quote_identifier(&channel);
+    let quoted = quote_identifier(&channel);
     let failed = |e: tokio_postgres::Error| {
-        Error::connect_failed("the delivery self-check could not run", e)
+        diagnose::connect_failed("the delivery self-check could not run", e)
     };
     drive(
         &mut session.messages,
@@ -95,7 +98,7 @@ async fn check_delivery(settings: &Settings, session: &mut Session) -> Result<()
         client: other,
         messages: mut other_messages,
         ..
-    } = settings.spec.connect().await?;
+    } = config.connect().await?;
     let notify = format!("SELECT pg_notify('{channel}', 'self-check')");
     drive(&mut other_messages, other.simple_query(&notify))
         .await
@@ -108,10 +111,10 @@ async fn check_delivery(settings: &Settings, session: &mut Session) -> Result<()
             match message {
                 Ok(AsyncMessage::Notification(n)) if n.channel() == channel => return Ok(()),
                 Ok(_) => {}
-                Err(e) => return Err(Error::connection_lost(Some(e))),
+                Err(e) => return Err(diagnose::connection_lost(Some(e))),
             }
         }
-        Err(Error::connection_lost(None))
+        Err(diagnose::connection_lost(None))
     })
     .await;
     match arrived {
@@ -188,18 +191,21 @@ pub(crate) fn not_connected(consequence: &str) -> Error {
     )
 }
 
-/// Sorts out why a NOTIFY failed.
-pub(crate) fn notify_failed(e: tokio_postgres::Error) -> Error {
-    match e.as_db_error() {
-        Some(db) => {
-            let message = format!("the server refused the notification: {}", db.message());
-            Error::with_source(ErrorKind::Database, message, e)
-        }
-        None => Error::with_source(
-            ErrorKind::ConnectionLost,
-            "the connection was lost before the server confirmed the notification; it may or \
-             may not have been sent",
-            e,
-        ),
-    }
+/// Sends a notification through `client` (`SELECT pg_notify(channel, payload)`),
+/// refusing names and payloads the server would refuse or truncate.
+pub(crate) async fn send_notification<C>(client: &C, channel: &str, payload: &str) -> Result<()>
+where
+    C: tokio_postgres::GenericClient + Sync,
+{
+    use tokio_postgres::types::Type;
+    validate_channel(channel)?;
+    validate_payload(payload)?;
+    client
+        .execute_typed(
+            "SELECT pg_notify($1, $2)",
+            &[(&channel, Type::TEXT), (&payload, Type::TEXT)],
+        )
+        .await
+        .map(|_| ())
+        .map_err(diagnose::notify_failed)
 }

@@ -1,7 +1,7 @@
 //! Connection strings as libpq reads them: the URL and key=value forms, the keys
 //! tokio-postgres knows plus libpq's TLS keys, and environment defaults (pure).
 //!
-//! The result is a [`ConnPlan`]: a tokio-postgres `Config` holding everything except
+//! The result is a [`ConnInfo`]: a tokio-postgres `Config` holding everything except
 //! the hosts and the TLS choice, the hosts in order, and the TLS settings that
 //! tokio-postgres does not understand (`sslmode=allow|verify-ca|verify-full`,
 //! `sslrootcert`, `sslcert`, `sslkey`).
@@ -211,7 +211,7 @@ impl HostEntry {
 /// A parsed connection string: what every connection attempt starts from.
 #[derive(Clone)]
 #[cfg_attr(not(feature = "tls"), allow(dead_code))]
-pub(crate) struct ConnPlan {
+pub(crate) struct ConnInfo {
     /// Everything tokio-postgres handles itself; no hosts, ports or TLS mode.
     pub(crate) base: tokio_postgres::Config,
     pub(crate) hosts: Vec<HostEntry>,
@@ -227,15 +227,36 @@ pub(crate) struct ConnPlan {
     pub(crate) random_order: bool,
 }
 
-impl ConnPlan {
+impl ConnInfo {
     /// Parses `text` (a URL or key=value pairs); `defaults` fill in keys the string
     /// does not set (environment defaults).
-    pub(crate) fn parse(text: &str, defaults: &[(String, String)]) -> Result<ConnPlan> {
+    pub(crate) fn parse(text: &str, defaults: &[(String, String)]) -> Result<ConnInfo> {
         let mut params = parse_params(text)?;
         for (key, value) in defaults {
             params.entry(key.clone()).or_insert_with(|| value.clone());
         }
         build(params)
+    }
+
+    /// Sets TCP keepalives and `TCP_USER_TIMEOUT` to agree with the heartbeat, unless
+    /// the connection string chose its own.
+    pub(crate) fn set_tcp_keepalive(&mut self, keepalive: crate::heartbeat::TcpKeepalive) {
+        const DRIVER_DEFAULT_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+        if !self.base.get_keepalives() {
+            return; // keepalives=0 in the connection string
+        }
+        if self.base.get_keepalives_idle() == DRIVER_DEFAULT_IDLE {
+            self.base.keepalives_idle(keepalive.idle);
+        }
+        if self.base.get_keepalives_interval().is_none() {
+            self.base.keepalives_interval(keepalive.interval);
+        }
+        if self.base.get_keepalives_retries().is_none() {
+            self.base.keepalives_retries(keepalive.retries);
+        }
+        if self.base.get_tcp_user_timeout().is_none() {
+            self.base.tcp_user_timeout(keepalive.user_timeout);
+        }
     }
 
     /// Where this connects, for messages: hosts, database and user; no secrets.
@@ -484,7 +505,7 @@ fn invalid_value(key: &str, expected: &str) -> Error {
     ))
 }
 
-fn build(mut params: BTreeMap<String, String>) -> Result<ConnPlan> {
+fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
     // target_session_attrs: the listener needs a primary and checks for one after every
     // connect; "read-write" additionally asks tokio-postgres to check for writability.
     match params.remove("target_session_attrs").as_deref() {
@@ -611,7 +632,7 @@ fn build(mut params: BTreeMap<String, String>) -> Result<ConnPlan> {
         base.connect_timeout(timeout);
     }
     let hosts = hosts(&params)?;
-    Ok(ConnPlan {
+    Ok(ConnInfo {
         base,
         hosts,
         sslmode,
@@ -687,12 +708,12 @@ fn hosts(params: &BTreeMap<String, String>) -> Result<Vec<HostEntry>> {
 mod tests {
     use super::*;
 
-    fn plan(text: &str) -> ConnPlan {
-        ConnPlan::parse(text, &[]).unwrap_or_else(|e| panic!("{text}: {e}"))
+    fn plan(text: &str) -> ConnInfo {
+        ConnInfo::parse(text, &[]).unwrap_or_else(|e| panic!("{text}: {e}"))
     }
 
     fn err(text: &str) -> Error {
-        match ConnPlan::parse(text, &[]) {
+        match ConnInfo::parse(text, &[]) {
             Ok(_) => panic!("{text} should be refused"),
             Err(e) => e,
         }
@@ -866,14 +887,14 @@ mod tests {
             _ => None,
         };
         let defaults = env_defaults(env);
-        let p = ConnPlan::parse("postgres://urluser@urlhost/db", &defaults).unwrap();
+        let p = ConnInfo::parse("postgres://urluser@urlhost/db", &defaults).unwrap();
         assert_eq!(p.base.get_user(), Some("urluser"));
         assert_eq!(p.base.get_password(), Some(&b"envpass"[..]));
         assert_eq!(p.hosts[0].label(), "urlhost:6000");
         assert_eq!(p.sslmode, SslMode::VerifyCa);
         assert_eq!(p.base.get_application_name(), Some("envapp"));
         assert_eq!(p.host_timeout, Some(Duration::from_secs(7)));
-        let p = ConnPlan::parse("", &defaults).unwrap();
+        let p = ConnInfo::parse("", &defaults).unwrap();
         assert_eq!(p.describe(), "envhost:6000/envuser as envuser");
     }
 
@@ -895,5 +916,29 @@ mod tests {
         assert!(p.hosts[0].is_unix_socket());
         let p = plan("postgres://u@%2Ftmp/db");
         assert!(p.hosts[0].is_unix_socket());
+    }
+
+    #[test]
+    fn keepalive_follows_the_heartbeat_unless_the_string_sets_its_own() {
+        use std::time::Duration;
+        let keepalive = crate::heartbeat::HeartbeatConfig::default().tcp_keepalive();
+        let mut info = ConnInfo::parse("host=db user=u", &[]).unwrap();
+        info.set_tcp_keepalive(keepalive);
+        assert_eq!(info.base.get_keepalives_idle(), keepalive.idle);
+        assert_eq!(
+            info.base.get_tcp_user_timeout(),
+            Some(&keepalive.user_timeout)
+        );
+        let mut info = ConnInfo::parse(
+            "host=db user=u keepalives_idle=30 tcp_user_timeout=9000",
+            &[],
+        )
+        .unwrap();
+        info.set_tcp_keepalive(keepalive);
+        assert_eq!(info.base.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(
+            info.base.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(9))
+        );
     }
 }

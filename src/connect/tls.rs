@@ -1,5 +1,5 @@
 //! sslmode and rustls wiring: which certificates to trust, what to check, the client
-//! certificate, and turning TLS failures into messages a person can act on.
+//! certificate. (TLS failures are put into words by `diagnose`.)
 //!
 //! The crypto provider is always chosen explicitly (ring), so linking a second rustls
 //! provider into the application never makes pglisten panic.
@@ -13,12 +13,11 @@ use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signat
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
-    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
-    SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::conninfo::{ConnPlan, RootCert, SslMode};
+use super::conninfo::{ConnInfo, RootCert, SslMode};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The crypto provider pglisten uses for the configurations it builds.
@@ -69,7 +68,7 @@ impl std::fmt::Debug for TlsSetup {
 impl TlsSetup {
     /// Checks the TLS settings of `plan` (reading the files once, so a missing or
     /// broken file is reported before the first connection attempt).
-    pub(crate) fn new(plan: &ConnPlan, user: Option<Arc<ClientConfig>>) -> Result<TlsSetup> {
+    pub(crate) fn new(plan: &ConnInfo, user: Option<Arc<ClientConfig>>) -> Result<TlsSetup> {
         if user.is_some() {
             let conflicting: Vec<&str> = [
                 ("sslrootcert", plan.sslrootcert.is_some()),
@@ -183,8 +182,13 @@ impl TlsSetup {
         Ok(MakeRustlsConnect::new(config))
     }
 
+    /// Whether this setup logs in with a client certificate (`sslcert`).
+    pub(crate) fn sends_client_cert(&self) -> bool {
+        self.client_cert.is_some()
+    }
+
     /// What the server certificate must chain to, in words.
-    fn roots_in_words(&self) -> String {
+    pub(crate) fn roots_in_words(&self) -> String {
         match (&self.user, &self.roots) {
             (Some(_), _) => "the roots of your tls_config".to_owned(),
             (None, Some(RootCert::System)) => {
@@ -418,110 +422,6 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// The rustls error somewhere in `err`'s chain (tokio-rustls wraps it in an
-/// `io::Error`, whose `source()` skips it).
-fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<rustls::Error>() {
-            return Some(found);
-        }
-        if let Some(found) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
-}
-
-/// A name as rustls presents it (`DnsName("db.example.com")`, `IpAddress(10.0.0.1)`),
-/// without the decoration.
-fn plain_name(presented: &str) -> &str {
-    presented
-        .strip_prefix("DnsName(\"")
-        .and_then(|rest| rest.strip_suffix("\")"))
-        .or_else(|| {
-            presented
-                .strip_prefix("IpAddress(")
-                .and_then(|rest| rest.strip_suffix(')'))
-        })
-        .unwrap_or(presented)
-}
-
-/// If `err` is a TLS failure, what went wrong and what to do, in words. `host` is the
-/// name the certificate was checked against.
-pub(crate) fn explain(err: &tokio_postgres::Error, host: &str, setup: &TlsSetup) -> Option<String> {
-    let found = find_rustls_error(err)?;
-    let roots = setup.roots_in_words();
-    let sent_cert = setup.client_cert.is_some();
-    Some(match found {
-        rustls::Error::InvalidCertificate(cert_error) => match cert_error {
-            CertificateError::NotValidForName => format!(
-                "the server certificate is not valid for host \"{host}\"; connect with the name \
-                 the certificate was issued for (sslmode=verify-full checks it)"
-            ),
-            CertificateError::NotValidForNameContext { presented, .. } => format!(
-                "the server certificate is not valid for host \"{host}\" (it names {}); connect \
-                 with one of those names (sslmode=verify-full checks it)",
-                presented
-                    .iter()
-                    .map(|name| plain_name(name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            CertificateError::UnknownIssuer => format!(
-                "unknown certificate authority: the server certificate does not chain to \
-                 {roots}; set sslrootcert to the CA bundle your database provider publishes"
-            ),
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                "the server certificate has expired; the server needs a renewed certificate \
-                 (or check this machine's clock)"
-                    .to_owned()
-            }
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "the server certificate is not valid yet; check this machine's clock".to_owned()
-            }
-            CertificateError::Revoked => "the server certificate has been revoked".to_owned(),
-            CertificateError::BadSignature => {
-                "the server certificate has an invalid signature".to_owned()
-            }
-            other => format!("the server certificate was refused: {other}"),
-        },
-        rustls::Error::AlertReceived(alert) => match alert {
-            AlertDescription::UnknownCA
-            | AlertDescription::BadCertificate
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::CertificateExpired
-            | AlertDescription::CertificateRevoked
-            | AlertDescription::AccessDenied
-                if sent_cert =>
-            {
-                format!(
-                    "the server did not accept the client certificate (sslcert): it answered \
-                     \"{alert:?}\"; the certificate must be signed by a CA the server trusts \
-                     (its ssl_ca_file)"
-                )
-            }
-            AlertDescription::CertificateRequired => {
-                "the server requires a client certificate: set sslcert and sslkey".to_owned()
-            }
-            AlertDescription::HandshakeFailure | AlertDescription::ProtocolVersion => format!(
-                "the server refused the TLS handshake (\"{alert:?}\"): no TLS version or cipher \
-                 in common (pglisten needs TLS 1.2 or newer)"
-            ),
-            other => format!("the server ended the TLS handshake with \"{other:?}\""),
-        },
-        rustls::Error::PeerIncompatible(detail) => {
-            format!("the server's TLS is not compatible: {detail:?}")
-        }
-        other => format!("TLS failed: {other}"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,7 +429,7 @@ mod tests {
     #[test]
     fn verify_modes_need_a_root_certificate() {
         for mode in ["verify-ca", "verify-full"] {
-            let plan = ConnPlan::parse(&format!("user=u sslmode={mode}"), &[]).unwrap();
+            let plan = ConnInfo::parse(&format!("user=u sslmode={mode}"), &[]).unwrap();
             let err = TlsSetup::new(&plan, None).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Config);
             assert!(err.to_string().contains("sslrootcert"), "{err}");
@@ -538,7 +438,7 @@ mod tests {
 
     #[test]
     fn missing_files_are_named() {
-        let plan = ConnPlan::parse(
+        let plan = ConnInfo::parse(
             "user=u sslmode=verify-ca sslrootcert=/nonexistent/ca.pem",
             &[],
         )
@@ -550,7 +450,7 @@ mod tests {
 
     #[test]
     fn custom_config_conflicts_with_file_keys() {
-        let plan = ConnPlan::parse("user=u sslrootcert=/x.pem", &[]).unwrap();
+        let plan = ConnInfo::parse("user=u sslrootcert=/x.pem", &[]).unwrap();
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -558,13 +458,6 @@ mod tests {
             .with_no_client_auth();
         let err = TlsSetup::new(&plan, Some(Arc::new(config))).unwrap_err();
         assert!(err.to_string().contains("sslrootcert"), "{err}");
-    }
-
-    #[test]
-    fn presented_names_lose_their_decoration() {
-        assert_eq!(plain_name("DnsName(\"db.example.com\")"), "db.example.com");
-        assert_eq!(plain_name("IpAddress(10.0.0.1)"), "10.0.0.1");
-        assert_eq!(plain_name("other"), "other");
     }
 
     #[test]
@@ -577,13 +470,13 @@ mod tests {
             ..rustls::crypto::ring::default_provider()
         };
         let _ = useless.install_default();
-        let plan = ConnPlan::parse("user=u sslmode=require", &[]).unwrap();
+        let plan = ConnInfo::parse("user=u sslmode=require", &[]).unwrap();
         TlsSetup::new(&plan, None).unwrap().connector().unwrap();
     }
 
     #[test]
     fn require_without_roots_builds() {
-        let plan = ConnPlan::parse("user=u sslmode=require", &[]).unwrap();
+        let plan = ConnInfo::parse("user=u sslmode=require", &[]).unwrap();
         TlsSetup::new(&plan, None).unwrap();
     }
 }

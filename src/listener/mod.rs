@@ -1,286 +1,26 @@
-//! [`Listener`] and [`ListenerBuilder`]: the public handle sends commands to the
-//! background task and awaits its answers.
+//! [`Listener`], the public handle: it sends commands to the background task and awaits
+//! its answers. Its builder is the child module `builder`.
+
+mod builder;
+
+pub use builder::ListenerBuilder;
 
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::backoff::Backoff;
 use crate::channel::{validate_channel, validate_payload};
-use crate::connect::{ConnectOptions, ConnectSpec};
+use crate::config::ListenerConfig;
+use crate::connect::Session;
 use crate::error::{Error, ErrorKind, Result};
-use crate::heartbeat::HeartbeatConfig;
-use crate::mailbox::Mailbox;
-use crate::session::open_session;
-use crate::stats::{Stats, Status};
+use crate::fanout::Mailbox;
+use crate::stats::{ListenerState, Stats, Status};
 use crate::subscription::Subscription;
-use crate::worker::{Command, ReadHint, TaskCell, Worker};
-
-/// Default capacity of each subscription's queue, in notifications.
-///
-/// ```
-/// let builder = pglisten::Listener::builder("postgres://app@db/app")
-///     .queue_capacity(4 * pglisten::DEFAULT_QUEUE_CAPACITY);
-/// # let _ = builder;
-/// ```
-pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
-
-/// Default bound on one whole connection attempt.
-///
-/// ```
-/// let builder = pglisten::Listener::builder("postgres://app@db/app")
-///     .connect_timeout(2 * pglisten::DEFAULT_CONNECT_TIMEOUT);
-/// # let _ = builder;
-/// ```
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Everything the background task needs to (re)connect. Built once by the builder.
-pub(crate) struct Settings {
-    pub(crate) spec: ConnectSpec,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) queue_capacity: usize,
-    pub(crate) backoff: Backoff,
-    pub(crate) heartbeat: HeartbeatConfig,
-    pub(crate) self_check: bool,
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("target", &self.spec.target())
-            .field("connect_timeout", &self.connect_timeout)
-            .field("queue_capacity", &self.queue_capacity)
-            .field("backoff", &self.backoff)
-            .field("heartbeat", &self.heartbeat)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Configures and creates a [`Listener`].
-///
-/// Settings are checked by the final [`connect`](ListenerBuilder::connect) (or
-/// [`connect_lazy`](ListenerBuilder::connect_lazy)), which reports any problem as an
-/// error of kind [`ErrorKind::Config`]; no setter panics.
-///
-/// ```no_run
-/// use std::time::Duration;
-/// use pglisten::{Backoff, Listener};
-///
-/// # async fn run() -> pglisten::Result<()> {
-/// let listener = Listener::builder("postgres://app@db.internal/app")
-///     .queue_capacity(10_000)
-///     .connect_timeout(Duration::from_secs(5))
-///     .backoff(Backoff::new().max(Duration::from_secs(30)))
-///     .connect()
-///     .await?;
-/// # Ok(()) }
-/// ```
-#[must_use = "a builder does nothing until connect() or connect_lazy() is called"]
-#[derive(Clone)]
-pub struct ListenerBuilder {
-    url: String,
-    queue_capacity: usize,
-    backoff: Backoff,
-    connect_timeout: Duration,
-    heartbeat: HeartbeatConfig,
-    self_check: bool,
-    /// TLS, credentials and environment settings (see connect.rs).
-    pub(crate) connect: ConnectOptions,
-}
-
-impl fmt::Debug for ListenerBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The connection string may hold a password: show only what it points at.
-        let target = crate::connect::describe(&self.url, &self.connect);
-        f.debug_struct("ListenerBuilder")
-            .field("target", &target)
-            .field("connect", &self.connect)
-            .field("queue_capacity", &self.queue_capacity)
-            .field("backoff", &self.backoff)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("heartbeat", &self.heartbeat)
-            .field("self_check", &self.self_check)
-            .finish()
-    }
-}
-
-impl ListenerBuilder {
-    fn new(url: &str) -> Self {
-        ListenerBuilder {
-            url: url.to_owned(),
-            queue_capacity: DEFAULT_QUEUE_CAPACITY,
-            backoff: Backoff::default(),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            heartbeat: HeartbeatConfig::default(),
-            self_check: true,
-            connect: ConnectOptions::default(),
-        }
-    }
-
-    /// How many notifications each subscription buffers for a slow consumer before it
-    /// drops them and reports [`Event::Lagged`](crate::Event::Lagged). Must be at least 1.
-    /// Default: [`DEFAULT_QUEUE_CAPACITY`] (1024). Memory is used only as the queue
-    /// fills.
-    ///
-    /// ```
-    /// let builder = pglisten::Listener::builder("postgres://app@db/app").queue_capacity(64);
-    /// # let _ = builder;
-    /// ```
-    pub fn queue_capacity(mut self, capacity: usize) -> Self {
-        self.queue_capacity = capacity;
-        self
-    }
-
-    /// The reconnect schedule. Default: [`Backoff::default`].
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// let builder = pglisten::Listener::builder("postgres://app@db/app")
-    ///     .backoff(pglisten::Backoff::new().initial(Duration::from_millis(50)));
-    /// # let _ = builder;
-    /// ```
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// The bound on one whole connection attempt: TCP connect, TLS, authentication and
-    /// the first LISTEN. Default: [`DEFAULT_CONNECT_TIMEOUT`] (10 s). (The driver's own
-    /// `connect_timeout` setting covers only the TCP connect.)
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// let builder = pglisten::Listener::builder("postgres://app@db/app")
-    ///     .connect_timeout(Duration::from_secs(3));
-    /// # let _ = builder;
-    /// ```
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How often the listener checks its connection, and how long a check may take
-    /// before the connection is declared dead. Defaults:
-    /// [`DEFAULT_HEARTBEAT_INTERVAL`](crate::DEFAULT_HEARTBEAT_INTERVAL) (10 s) and
-    /// [`DEFAULT_HEARTBEAT_TIMEOUT`](crate::DEFAULT_HEARTBEAT_TIMEOUT) (5 s).
-    ///
-    /// A connection that silently stops carrying bytes (a NAT or proxy dropped it, a
-    /// failover moved the address) is declared lost within `interval + timeout`: every
-    /// subscription gets [`Event::Error`](crate::Event::Error) of kind
-    /// [`ErrorKind::Timeout`], and the listener reconnects. Each check also confirms
-    /// with `pg_listening_channels()` that the server still listens to every channel;
-    /// a lost registration is repaired and announced as a gap
-    /// ([`Event::Reconnected`](crate::Event::Reconnected)). TCP keepalives and
-    /// `TCP_USER_TIMEOUT` on the listener's socket are set to agree with these values.
-    /// Both must be greater than zero.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// let builder = pglisten::Listener::builder("postgres://app@db/app")
-    ///     .heartbeat(Duration::from_secs(5), Duration::from_secs(3));
-    /// # let _ = builder;
-    /// ```
-    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.heartbeat = HeartbeatConfig { interval, timeout };
-        self
-    }
-
-    /// Whether every connection proves, before it is used, that notifications sent by
-    /// other sessions reach it (default: on). The check LISTENs a private channel, sends
-    /// a NOTIFY to it from a second short-lived connection, and waits for it.
-    ///
-    /// It exists for poolers: behind PgBouncer (or RDS Proxy, Supavisor...) in
-    /// transaction or statement mode, LISTEN succeeds but notifications never arrive.
-    /// With the check, [`connect`](ListenerBuilder::connect) fails with a clear error
-    /// of kind [`ErrorKind::Config`] instead. Turn it off only if a second connection
-    /// per connect is a problem and you are sure no such pooler is in the path.
-    ///
-    /// ```
-    /// let builder = pglisten::Listener::builder("postgres://app@db/app").self_check(false);
-    /// # let _ = builder;
-    /// ```
-    pub fn self_check(mut self, enabled: bool) -> Self {
-        self.self_check = enabled;
-        self
-    }
-
-    fn into_settings(self) -> Result<Settings> {
-        let mut spec = ConnectSpec::build(&self.url, &self.connect, self.connect_timeout)?;
-        if self.queue_capacity == 0 {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "queue_capacity must be at least 1",
-            ));
-        }
-        if self.heartbeat.interval.is_zero() || self.heartbeat.timeout.is_zero() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "heartbeat interval and timeout must both be greater than zero",
-            ));
-        }
-        if self.connect_timeout.is_zero() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "connect_timeout must be greater than zero",
-            ));
-        }
-        spec.set_tcp_keepalive(self.heartbeat.tcp_keepalive());
-        Ok(Settings {
-            spec,
-            connect_timeout: self.connect_timeout,
-            queue_capacity: self.queue_capacity,
-            backoff: self.backoff,
-            heartbeat: self.heartbeat,
-            self_check: self.self_check,
-        })
-    }
-
-    /// Connects, and returns once the connection is established. Fails fast: an
-    /// unreachable server, refused credentials or a bad setting are reported here,
-    /// without a retry loop. Once connected, later losses are recovered in the
-    /// background.
-    ///
-    /// ```no_run
-    /// # async fn run() -> pglisten::Result<()> {
-    /// let listener = pglisten::Listener::builder("postgres://app@db/app").connect().await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn connect(self) -> Result<Listener> {
-        let settings = Arc::new(self.into_settings()?);
-        let session = open_session(&settings).await?;
-        Ok(Listener::spawn(settings, Some(session)))
-    }
-
-    /// Returns at once and connects in the background, retrying with backoff until it
-    /// succeeds. Subscriptions made meanwhile start with
-    /// [`Event::Reconnected`](crate::Event::Reconnected) once LISTEN is active, and
-    /// connection failures reach them as [`Event::Error`](crate::Event::Error).
-    ///
-    /// Must be called within a tokio runtime (an error of kind [`ErrorKind::Config`]
-    /// says so otherwise).
-    ///
-    /// ```no_run
-    /// # async fn run() -> pglisten::Result<()> {
-    /// let listener = pglisten::Listener::builder("postgres://app@db/app").connect_lazy()?;
-    /// let events = listener.subscribe(["jobs"]).await?; // registered, not yet listening
-    /// # Ok(()) }
-    /// ```
-    pub fn connect_lazy(self) -> Result<Listener> {
-        let settings = Arc::new(self.into_settings()?);
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "connect_lazy must be called from within a tokio runtime",
-            ));
-        }
-        Ok(Listener::spawn(settings, None))
-    }
-}
+use crate::worker::{Command, ReadHint, Request, TaskCell, Worker};
 
 /// A handle to one background task that owns one PostgreSQL connection and LISTENs on
 /// behalf of every [`Subscription`] made from it.
@@ -355,19 +95,19 @@ impl Listener {
         ListenerBuilder::new(url)
     }
 
-    fn spawn(settings: Arc<Settings>, first: Option<crate::session::Session>) -> Listener {
+    fn spawn(config: Arc<ListenerConfig>, first: Option<Session>) -> Listener {
         let (commands, receiver) = mpsc::unbounded_channel();
         let status = Arc::new(Status::default());
-        let span = tracing::info_span!("pglisten", target = settings.spec.target());
+        let span = tracing::info_span!("pglisten", target = config.connect.target());
         if let Some(session) = &first {
             // Known now: a caller of `connect` may read them as soon as it returns.
             status.set_backend_pid(Some(session.backend_pid));
-            status.set_state(crate::stats::ListenerState::Syncing);
+            status.set_state(ListenerState::Syncing);
         }
-        let target = settings.spec.target().to_owned();
-        let queue_capacity = settings.queue_capacity;
+        let target = config.connect.target().to_owned();
+        let queue_capacity = config.queue_capacity;
         let read_hint = Arc::new(ReadHint::default());
-        let worker = Worker::new(settings, receiver, status.clone(), read_hint.clone());
+        let worker = Worker::new(config, receiver, status.clone(), read_hint.clone());
         let cell = TaskCell::new(Box::pin(worker.run(first).instrument(span)), read_hint);
         tokio::spawn(cell.task());
         let inner = Arc::new(Inner {
@@ -480,11 +220,11 @@ impl Listener {
         validate_payload(payload)?;
         self.check_open()?;
         let (reply, replied) = oneshot::channel();
-        let command = Command::Notify {
+        let command = Command::Request(Request::Notify {
             channel: channel.to_owned(),
             payload: payload.to_owned(),
             reply,
-        };
+        });
         self.inner
             .commands
             .send(command)
@@ -611,7 +351,7 @@ impl Listener {
         let (reply, replied) = oneshot::channel();
         self.inner
             .commands
-            .send(Command::ListeningChannels { reply })
+            .send(Command::Request(Request::ListeningChannels { reply }))
             .map_err(|_| Error::closed())?;
         replied.await.map_err(|_| {
             Error::new(
@@ -628,34 +368,4 @@ impl Listener {
             Ok(())
         }
     }
-}
-
-/// Sends a notification through any client or transaction of your own
-/// (`SELECT pg_notify(channel, payload)`), with the same validation as
-/// [`Listener::notify`]. Inside a transaction, the notification is delivered when the
-/// transaction commits, and not at all if it rolls back.
-///
-/// ```no_run
-/// # async fn run(client: &mut tokio_postgres::Client) -> pglisten::Result<()> {
-/// let tx = client.transaction().await?;
-/// tx.execute("INSERT INTO orders (id) VALUES (42)", &[]).await?;
-/// pglisten::notify(&tx, "orders", "42").await?;
-/// tx.commit().await?; // listeners receive "42" now
-/// # Ok(()) }
-/// ```
-pub async fn notify<C>(client: &C, channel: &str, payload: &str) -> Result<()>
-where
-    C: tokio_postgres::GenericClient + Sync,
-{
-    use tokio_postgres::types::Type;
-    validate_channel(channel)?;
-    validate_payload(payload)?;
-    client
-        .execute_typed(
-            "SELECT pg_notify($1, $2)",
-            &[(&channel, Type::TEXT), (&payload, Type::TEXT)],
-        )
-        .await
-        .map(|_| ())
-        .map_err(crate::session::notify_failed)
 }

@@ -1,13 +1,39 @@
-//! JSON payloads, with the `serde` feature.
+//! Sending notifications through your own client or transaction ([`notify`]), and JSON
+//! payloads with the `serde` feature ([`notify_json`], `Listener::notify_json`,
+//! `Notification::json`).
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
+#[cfg(feature = "serde")]
 use crate::channel::MAX_PAYLOAD_BYTES;
-use crate::error::{Error, ErrorKind, Result};
-use crate::event::Notification;
+use crate::connect::send_notification;
+use crate::error::Result;
+#[cfg(feature = "serde")]
+use crate::error::{Error, ErrorKind};
+#[cfg(feature = "serde")]
+use crate::fanout::Notification;
+#[cfg(feature = "serde")]
 use crate::listener::Listener;
 
+/// Sends a notification through any client or transaction of your own
+/// (`SELECT pg_notify(channel, payload)`), with the same validation as
+/// [`Listener::notify`]. Inside a transaction, the notification is delivered when the
+/// transaction commits, and not at all if it rolls back.
+///
+/// ```no_run
+/// # async fn run(client: &mut tokio_postgres::Client) -> pglisten::Result<()> {
+/// let tx = client.transaction().await?;
+/// tx.execute("INSERT INTO orders (id) VALUES (42)", &[]).await?;
+/// pglisten::notify(&tx, "orders", "42").await?;
+/// tx.commit().await?; // listeners receive "42" now
+/// # Ok(()) }
+/// ```
+pub async fn notify<C>(client: &C, channel: &str, payload: &str) -> Result<()>
+where
+    C: tokio_postgres::GenericClient + Sync,
+{
+    send_notification(client, channel, payload).await
+}
+
+#[cfg(feature = "serde")]
 impl Notification {
     /// Decodes the payload as JSON.
     ///
@@ -26,12 +52,13 @@ impl Notification {
     /// println!("order {} is now {}", change.id, change.status);
     /// # Ok(()) }
     /// ```
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_str(self.payload()).map_err(|e| {
             Error::with_source(
                 ErrorKind::InvalidPayload,
                 format!(
-                    "the payload of a notification on {:?} is not the expected JSON: {e}",
+                    "the payload of a notification on {:?} is not the expected JSON (the \
+                     source says where decoding stopped)",
                     self.channel()
                 ),
                 e,
@@ -40,12 +67,13 @@ impl Notification {
     }
 }
 
+#[cfg(feature = "serde")]
 /// Encodes `value` and checks the server's payload limit on the encoded bytes.
-fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
     let payload = serde_json::to_string(value).map_err(|e| {
         Error::with_source(
             ErrorKind::InvalidPayload,
-            format!("the value could not be encoded as JSON: {e}"),
+            "the value could not be encoded as JSON",
             e,
         )
     })?;
@@ -62,6 +90,7 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     Ok(payload)
 }
 
+#[cfg(feature = "serde")]
 impl Listener {
     /// Sends `value` encoded as JSON on `channel`, through the listener's connection.
     ///
@@ -78,7 +107,11 @@ impl Listener {
     /// listener.notify_json("orders", &OrderChanged { id: 42 }).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn notify_json<T: Serialize + ?Sized>(&self, channel: &str, value: &T) -> Result<()> {
+    pub async fn notify_json<T: serde::Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        value: &T,
+    ) -> Result<()> {
         let payload = encode(value)?;
         self.notify(channel, &payload).await
     }
@@ -99,16 +132,17 @@ impl Listener {
 /// tx.commit().await?;
 /// # Ok(()) }
 /// ```
+#[cfg(feature = "serde")]
 pub async fn notify_json<C, T>(client: &C, channel: &str, value: &T) -> Result<()>
 where
     C: tokio_postgres::GenericClient + Sync,
-    T: Serialize + ?Sized,
+    T: serde::Serialize + ?Sized,
 {
     let payload = encode(value)?;
-    crate::listener::notify(client, channel, &payload).await
+    notify(client, channel, &payload).await
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "serde"))]
 mod tests {
     use super::*;
 

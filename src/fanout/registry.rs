@@ -14,9 +14,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::block::{self, BlockBuilder};
-use crate::event::{Event, Notification};
-use crate::mailbox::{Delivery, Mailbox};
+use super::block::{self, BlockBuilder};
+use super::event::{Event, Notification};
+use super::mailbox::{Delivery, Mailbox};
 
 /// Identifies a subscription for the lifetime of its listener.
 pub(crate) type SubscriptionId = u64;
@@ -313,7 +313,7 @@ impl Registry {
         let mut totals = FlushTotals::default();
         for entry in self.slots.iter_mut().flatten() {
             if let Some(since) = entry.gap_since.take() {
-                let report = crate::event::ReconnectReport::new(
+                let report = super::event::ReconnectReport::new(
                     now.saturating_duration_since(since),
                     attempts.max(1),
                 )

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::event::{Event, Notification};
+use super::event::{Event, Notification};
 
 /// What one call to [`Mailbox::deliver`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -287,7 +287,7 @@ impl State {
 mod tests {
     use super::*;
     use crate::error::{Error, ErrorKind};
-    use crate::event::ReconnectReport;
+    use crate::fanout::ReconnectReport;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Wake;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(test)]
-use crate::block::Block;
-use crate::block::Share;
+use super::block::Block;
+use super::block::Share;
 use crate::error::Error;
 
 /// One item of a [`Subscription`](crate::Subscription) stream.

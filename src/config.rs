@@ -1,0 +1,188 @@
+//! The listener's settings, in two stages: a [`Draft`] is what the builder collected,
+//! unchecked; [`Draft::validate`] turns it into a [`ListenerConfig`], which the
+//! background task is built from and never has to check again. (The connection string
+//! has its own stages below: `connect::ConnInfo` parsed, `connect::ConnectConfig`
+//! validated.)
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+use crate::connect::{ConnInfo, ConnectConfig, CredentialsHook, UserTlsConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::heartbeat::HeartbeatConfig;
+
+/// Default capacity of each subscription's queue, in notifications.
+///
+/// ```
+/// let builder = pglisten::Listener::builder("postgres://app@db/app")
+///     .queue_capacity(4 * pglisten::DEFAULT_QUEUE_CAPACITY);
+/// # let _ = builder;
+/// ```
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
+/// Default bound on one whole connection attempt.
+///
+/// ```
+/// let builder = pglisten::Listener::builder("postgres://app@db/app")
+///     .connect_timeout(2 * pglisten::DEFAULT_CONNECT_TIMEOUT);
+/// # let _ = builder;
+/// ```
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The builder stage: every setting as the user gave it, not yet checked.
+#[derive(Clone)]
+pub(crate) struct Draft {
+    pub(crate) url: String,
+    /// libpq environment defaults, read by `from_env` / `env_defaults`.
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) credentials: Option<CredentialsHook>,
+    pub(crate) tls_config: UserTlsConfig,
+    pub(crate) queue_capacity: usize,
+    pub(crate) backoff: Backoff,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) heartbeat: HeartbeatConfig,
+    pub(crate) self_check: bool,
+}
+
+impl Draft {
+    /// The defaults, for `url`.
+    pub(crate) fn new(url: &str) -> Self {
+        Draft {
+            url: url.to_owned(),
+            env: Vec::new(),
+            credentials: None,
+            tls_config: None,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            backoff: Backoff::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            heartbeat: HeartbeatConfig::default(),
+            self_check: true,
+        }
+    }
+
+    /// Where the connection string points, without secrets (for `Debug`).
+    fn target(&self) -> String {
+        ConnInfo::parse(&self.url, &self.env)
+            .map(|info| info.describe())
+            .unwrap_or_else(|_| "(invalid connection string)".to_owned())
+    }
+
+    /// Checks every setting; the first problem found is an [`ErrorKind::Config`] error
+    /// that names it (or a TLS file that cannot be read).
+    pub(crate) fn validate(self) -> Result<ListenerConfig> {
+        let mut info = ConnInfo::parse(&self.url, &self.env)?;
+        if self.queue_capacity == 0 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "queue_capacity must be at least 1",
+            ));
+        }
+        if self.heartbeat.interval.is_zero() || self.heartbeat.timeout.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "heartbeat interval and timeout must both be greater than zero",
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "connect_timeout must be greater than zero",
+            ));
+        }
+        info.set_tcp_keepalive(self.heartbeat.tcp_keepalive());
+        let connect = ConnectConfig::new(
+            info,
+            self.credentials,
+            self.tls_config,
+            self.connect_timeout,
+            self.self_check,
+        )?;
+        Ok(ListenerConfig {
+            connect,
+            queue_capacity: self.queue_capacity,
+            backoff: self.backoff,
+            heartbeat: self.heartbeat,
+        })
+    }
+}
+
+impl fmt::Debug for Draft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The connection string may hold a password: show only what it points at.
+        let env: Vec<&str> = self.env.iter().map(|(key, _)| key.as_str()).collect();
+        f.debug_struct("ListenerBuilder")
+            .field("target", &self.target())
+            .field("env_defaults", &env)
+            .field("credentials_hook", &self.credentials.is_some())
+            .field("tls_config", &self.tls_config.is_some())
+            .field("queue_capacity", &self.queue_capacity)
+            .field("backoff", &self.backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .field("self_check", &self.self_check)
+            .finish()
+    }
+}
+
+/// The validated stage: everything the background task needs to (re)connect and
+/// serve, checked once.
+pub(crate) struct ListenerConfig {
+    /// Where and how to connect; also bounds each attempt and the first LISTEN.
+    pub(crate) connect: ConnectConfig,
+    pub(crate) queue_capacity: usize,
+    pub(crate) backoff: Backoff,
+    pub(crate) heartbeat: HeartbeatConfig,
+}
+
+impl fmt::Debug for ListenerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerConfig")
+            .field("target", &self.connect.target())
+            .field("connect_timeout", &self.connect.attempt_timeout())
+            .field("queue_capacity", &self.queue_capacity)
+            .field("backoff", &self.backoff)
+            .field("heartbeat", &self.heartbeat)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(draft: Draft) -> String {
+        let error = draft.validate().expect_err("an invalid setting");
+        assert_eq!(error.kind(), ErrorKind::Config, "{error}");
+        error.to_string()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let config = Draft::new("postgres://app@db/app").validate().unwrap();
+        assert_eq!(config.queue_capacity, DEFAULT_QUEUE_CAPACITY);
+        assert_eq!(config.connect.attempt_timeout(), DEFAULT_CONNECT_TIMEOUT);
+        assert!(config.connect.self_check());
+    }
+
+    #[test]
+    fn each_invalid_setting_is_named() {
+        let mut draft = Draft::new("postgres://app@db/app");
+        draft.queue_capacity = 0;
+        assert!(refused(draft).contains("queue_capacity"));
+        let mut draft = Draft::new("postgres://app@db/app");
+        draft.heartbeat.timeout = Duration::ZERO;
+        assert!(refused(draft).contains("heartbeat"));
+        let mut draft = Draft::new("postgres://app@db/app");
+        draft.connect_timeout = Duration::ZERO;
+        assert!(refused(draft).contains("connect_timeout"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let draft = Draft::new("postgres://app:s3cret@db.example.com/app");
+        let shown = format!("{draft:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("db.example.com"), "{shown}");
+    }
+}

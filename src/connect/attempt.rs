@@ -1,0 +1,447 @@
+//! One connection attempt: fresh credentials, then each host of the connection string in
+//! order, over the transport `sslmode` asks for, until one is a primary that accepted us.
+//!
+//! [`ConnectConfig::connect`] asks the credentials hook (if any) once, then tries the
+//! hosts in order. On each host it negotiates TLS as `sslmode` says, authenticates, and
+//! checks `pg_is_in_recovery()`: a standby cannot LISTEN, so it counts as a failed host.
+//! The first primary wins. Failures are put in words by `diagnose`.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+use tracing::debug;
+
+use super::conninfo::{ConnInfo, HostEntry, SslMode};
+use super::credentials::CredentialsHook;
+use super::diagnose::{self, Transport};
+use super::messages::{MessageStream, drive, message_stream};
+#[cfg(feature = "tls")]
+use super::tls::TlsSetup;
+use crate::error::{Error, ErrorKind, Result};
+use crate::random::SplitMix64;
+
+/// A TLS configuration of the user's own, given to `ListenerBuilder::tls_config`
+/// (nothing to give without the `tls` feature).
+#[cfg(feature = "tls")]
+pub(crate) type UserTlsConfig = Option<std::sync::Arc<rustls::ClientConfig>>;
+/// A TLS configuration of the user's own (none can be given without the `tls` feature).
+#[cfg(not(feature = "tls"))]
+pub(crate) type UserTlsConfig = Option<std::convert::Infallible>;
+
+/// The validated connection stage: where and how to connect, checked once, used for
+/// every attempt.
+#[derive(Clone)]
+pub(crate) struct ConnectConfig {
+    info: ConnInfo,
+    /// `None` when TLS is never used (`sslmode=disable`).
+    #[cfg(feature = "tls")]
+    tls: Option<TlsSetup>,
+    credentials: Option<CredentialsHook>,
+    /// The bound on one whole attempt (TCP, TLS, authentication, set-up and first
+    /// LISTEN); with several hosts, each gets its share unless the connection string's
+    /// `connect_timeout` says otherwise.
+    attempt_timeout: Duration,
+    /// Whether each new session proves that other sessions' notifications reach it.
+    self_check: bool,
+    target: String,
+}
+
+/// A connected, authenticated session on a primary, not yet set up for listening.
+pub(crate) struct Established {
+    pub(crate) client: Client,
+    pub(crate) messages: MessageStream,
+    /// The host it reached, as `host:port`.
+    pub(crate) host: String,
+}
+
+/// What makes TLS connections (nothing without the `tls` feature).
+#[cfg(feature = "tls")]
+type Connector = tokio_postgres_rustls::MakeRustlsConnect;
+#[cfg(not(feature = "tls"))]
+enum Connector {}
+
+impl ConnectConfig {
+    /// Checks everything about `info` and the builder's connection options that can be
+    /// checked before connecting (also that the certificate files can be read).
+    pub(crate) fn new(
+        info: ConnInfo,
+        credentials: Option<CredentialsHook>,
+        tls_config: UserTlsConfig,
+        attempt_timeout: Duration,
+        self_check: bool,
+    ) -> Result<Self> {
+        if info.base.get_user().is_none() && credentials.is_none() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "the connection string names no user: add one (postgres://USER@host/db or \
+                 user=USER), or set PGUSER and use ListenerBuilder::from_env",
+            ));
+        }
+        #[cfg(feature = "tls")]
+        let tls = match info.sslmode {
+            SslMode::Disable => None,
+            _ => Some(TlsSetup::new(&info, tls_config)?),
+        };
+        #[cfg(not(feature = "tls"))]
+        {
+            let None = tls_config;
+            check_without_tls(&info)?;
+        }
+        Ok(ConnectConfig {
+            target: info.describe(),
+            info,
+            #[cfg(feature = "tls")]
+            tls,
+            credentials,
+            attempt_timeout,
+            self_check,
+        })
+    }
+
+    /// A connection string with no builder options and the default timeout.
+    #[cfg(test)]
+    pub(crate) fn parse(url: &str) -> Result<Self> {
+        let info = ConnInfo::parse(url, &[])?;
+        Self::new(info, None, None, Duration::from_secs(10), true)
+    }
+
+    /// The bound on one whole attempt, set-up and first LISTEN included.
+    pub(crate) fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout
+    }
+
+    /// Whether each new session proves that other sessions' notifications reach it.
+    pub(crate) fn self_check(&self) -> bool {
+        self.self_check
+    }
+
+    /// Where this connects, for messages: hosts, ports, database and user; no secrets.
+    pub(crate) fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// One attempt: fresh credentials, then each host in order until one is a primary
+    /// that accepted us.
+    pub(crate) async fn connect(&self) -> Result<Established> {
+        let mut base = self.info.base.clone();
+        if let Some(hook) = &self.credentials {
+            let credentials = hook().await.map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Authentication,
+                    "the credentials hook failed (its error is the source)",
+                    e,
+                )
+            })?;
+            if let Some(user) = &credentials.user {
+                base.user(user);
+            }
+            if let Some(password) = &credentials.password {
+                base.password(password);
+            }
+        }
+        if base.get_user().is_none() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "neither the connection string nor the credentials hook names a user",
+            ));
+        }
+        #[cfg(feature = "tls")]
+        let connector = match &self.tls {
+            Some(setup) => Some(setup.connector()?),
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        let connector: Option<Connector> = None;
+        let hosts = self.host_order();
+        let per_host = self.info.host_timeout.or_else(|| {
+            // Leave every host a chance within the attempt's bound.
+            let count = u32::try_from(hosts.len()).unwrap_or(u32::MAX);
+            (count > 1).then(|| self.attempt_timeout / count)
+        });
+        let mut failures = Vec::new();
+        for host in hosts {
+            let label = host.label();
+            let attempt = self.connect_host(&base, host, connector.as_ref());
+            let result = match per_host {
+                Some(bound) => tokio::time::timeout(bound, attempt)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!("{label} did not answer within {bound:?}"),
+                        ))
+                    }),
+                None => attempt.await,
+            };
+            match result {
+                Ok(established) => return Ok(established),
+                Err(error) => {
+                    debug!(host = %label, error = %error, "host failed");
+                    failures.push(error);
+                }
+            }
+        }
+        Err(self.all_failed(failures))
+    }
+
+    /// The hosts in the order to try them.
+    fn host_order(&self) -> Vec<&HostEntry> {
+        let mut hosts: Vec<&HostEntry> = self.info.hosts.iter().collect();
+        if self.info.random_order {
+            SplitMix64::from_entropy().shuffle(&mut hosts);
+        }
+        hosts
+    }
+
+    /// One error for an attempt in which every host failed.
+    fn all_failed(&self, mut failures: Vec<Error>) -> Error {
+        if failures.len() <= 1 {
+            return failures.pop().unwrap_or_else(|| {
+                Error::new(ErrorKind::Config, "the connection string names no host")
+            });
+        }
+        // Problems a person must fix outrank ones that may pass by themselves.
+        let rank = |kind: ErrorKind| match kind {
+            ErrorKind::Authentication => 3,
+            ErrorKind::Tls => 2,
+            ErrorKind::Config => 1,
+            _ => 0,
+        };
+        let details: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        let chosen = failures
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, e)| (rank(e.kind()), *i))
+            .map_or(0, |(i, _)| i);
+        let main = failures.swap_remove(chosen);
+        Error::with_source(
+            main.kind(),
+            format!(
+                "none of the {} hosts of {} could be used: {}",
+                details.len(),
+                self.target,
+                details.join("; ")
+            ),
+            main,
+        )
+    }
+
+    /// Connects to one host, then makes sure it is a primary.
+    async fn connect_host(
+        &self,
+        base: &tokio_postgres::Config,
+        host: &HostEntry,
+        connector: Option<&Connector>,
+    ) -> Result<Established> {
+        let label = host.label();
+        let mut config = base.clone();
+        match (&host.host, host.hostaddr) {
+            (Some(name), _) => config.host(name),
+            // The address is also the name TLS checks the certificate against.
+            (None, Some(addr)) => config.host(addr.to_string()),
+            (None, None) => config.host("localhost"),
+        };
+        if let Some(addr) = host.hostaddr {
+            config.hostaddr(addr);
+        }
+        config.port(host.port);
+
+        // The first transport to try, and the one to fall back to when it fails in a way
+        // the other transport may not (as libpq does for allow and prefer).
+        let tls_built = cfg!(feature = "tls");
+        let (first, fallback) = match self.info.sslmode {
+            // As libpq: no TLS over a unix socket.
+            _ if host.is_unix_socket() => (Transport::Plain, None),
+            SslMode::Disable => (Transport::Plain, None),
+            SslMode::Allow if tls_built => {
+                (Transport::Plain, Some(Transport::Tls { fallback: false }))
+            }
+            SslMode::Prefer if tls_built => {
+                (Transport::Tls { fallback: true }, Some(Transport::Plain))
+            }
+            SslMode::Allow | SslMode::Prefer => (Transport::Plain, None),
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                (Transport::Tls { fallback: false }, None)
+            }
+        };
+        let (client, mut messages) = match self.attempt(&config, first, &label, connector).await {
+            Err(e)
+                if fallback.is_some()
+                    && (e.kind() == ErrorKind::Tls || diagnose::refused_by_hba(&e)) =>
+            {
+                debug!(host = %label, error = %e, sslmode = %self.info.sslmode, "trying the other transport");
+                let other = fallback.unwrap_or(Transport::Plain);
+                self.attempt(&config, other, &label, connector).await?
+            }
+            other => other?,
+        };
+
+        let rows = drive(
+            &mut messages,
+            client.simple_query("SELECT pg_is_in_recovery()"),
+        )
+        .await
+        .map_err(|e| {
+            diagnose::connect_failed(
+                &format!("could not check whether {label} is the primary"),
+                e,
+            )
+        })?;
+        let in_recovery = rows.iter().any(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
+            _ => false,
+        });
+        if in_recovery {
+            return Err(Error::new(
+                ErrorKind::Connect,
+                format!(
+                    "{label} is a standby (pg_is_in_recovery() is true), and LISTEN only works \
+                     on the primary; list the primary's host in the connection string"
+                ),
+            ));
+        }
+        Ok(Established {
+            client,
+            messages,
+            host: label,
+        })
+    }
+
+    /// Connects and authenticates over one transport.
+    async fn attempt(
+        &self,
+        config: &tokio_postgres::Config,
+        transport: Transport,
+        label: &str,
+        connector: Option<&Connector>,
+    ) -> Result<(Client, MessageStream)> {
+        let result = match transport {
+            Transport::Plain => {
+                let mut config = config.clone();
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map(|(client, connection)| (client, message_stream(connection)))
+            }
+            #[cfg(feature = "tls")]
+            Transport::Tls { fallback } => {
+                let Some(connector) = connector else {
+                    return Err(Error::new(
+                        ErrorKind::Tls,
+                        "internal error: TLS was asked for but not set up",
+                    ));
+                };
+                let mut config = config.clone();
+                config.ssl_mode(if fallback {
+                    tokio_postgres::config::SslMode::Prefer
+                } else {
+                    tokio_postgres::config::SslMode::Require
+                });
+                config
+                    .connect(connector.clone())
+                    .await
+                    .map(|(client, connection)| (client, message_stream(connection)))
+            }
+            #[cfg(not(feature = "tls"))]
+            Transport::Tls { .. } => {
+                let _ = connector;
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "TLS was asked for, but pglisten was built without its `tls` feature",
+                ));
+            }
+        };
+        result.map_err(|e| {
+            let tls_name = match config.get_hosts().first() {
+                Some(tokio_postgres::config::Host::Tcp(name)) => name.as_str(),
+                _ => label,
+            };
+            diagnose::host_failed(
+                e,
+                &diagnose::HostAttempt {
+                    label,
+                    tls_name,
+                    transport,
+                    sslmode: self.info.sslmode,
+                    #[cfg(feature = "tls")]
+                    tls: self.tls.as_ref(),
+                },
+            )
+        })
+    }
+}
+
+/// Without the `tls` feature, refuses every setting that needs TLS.
+#[cfg(not(feature = "tls"))]
+fn check_without_tls(plan: &ConnInfo) -> Result<()> {
+    let needs = if plan.sslmode.requires_tls() {
+        Some(format!("sslmode={}", plan.sslmode))
+    } else if plan.sslrootcert.is_some() {
+        Some("sslrootcert".to_owned())
+    } else if plan.sslcert.is_some() {
+        Some("sslcert".to_owned())
+    } else {
+        None
+    };
+    match needs {
+        Some(what) => Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "{what} needs TLS, but pglisten was built without its `tls` cargo feature; \
+                 enable it (it is on by default), or use sslmode=prefer or disable"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_never_shows_the_password() {
+        let spec =
+            ConnectConfig::parse("postgres://app:s3cret@db.example.com:6543/orders").unwrap();
+        assert_eq!(spec.target(), "db.example.com:6543/orders as app");
+        let spec = ConnectConfig::parse("host=a,b port=1,2 user=u password=s3cret").unwrap();
+        assert_eq!(spec.target(), "a:1,b:2/u as u");
+    }
+
+    #[test]
+    fn malformed_strings_are_config_errors() {
+        for bad in [
+            "postgres://app@db:notaport/app",
+            "host=db port=",
+            "sslmode=bogus",
+            "host=db", // no user
+        ] {
+            let err = ConnectConfig::parse(bad).err().unwrap();
+            assert_eq!(err.kind(), ErrorKind::Config, "{bad}");
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_tls_demanding_it_is_a_config_error() {
+        for url in [
+            "postgres://u@h/db?sslmode=require",
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem",
+            "postgres://u@h/db?sslrootcert=/ca.pem",
+        ] {
+            let err = ConnectConfig::parse(url).err().unwrap();
+            assert_eq!(err.kind(), ErrorKind::Config, "{url}");
+            assert!(err.to_string().contains("`tls`"), "{err}");
+        }
+        ConnectConfig::parse("postgres://u@h/db?sslmode=prefer").unwrap();
+    }
+
+    #[test]
+    fn public_types_are_thread_safe() {
+        fn check<T: Send + Sync + Unpin + 'static>() {}
+        check::<crate::Credentials>();
+        check::<crate::ReconnectReport>();
+        check::<crate::ListenerBuilder>();
+    }
+}

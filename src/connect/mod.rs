@@ -1,0 +1,30 @@
+//! Reaching the server: everything between a connection string and a session that is
+//! ready to LISTEN. The worker asks for a [`Session`] and then owns it.
+//!
+//! - `conninfo`: connection strings as libpq reads them ([`ConnInfo`], the parsed stage).
+//! - `credentials`: the [`Credentials`] hook called before every attempt.
+//! - `tls`: sslmode and rustls wiring.
+//! - `attempt`: one attempt over the hosts and transports ([`ConnectConfig`], the
+//!   validated stage).
+//! - `session`: a connection set up for listening; its small requests; a clean close.
+//! - `diagnose`: driver errors and SQLSTATEs in words; the only code that reads an
+//!   error's text.
+//! - `messages`: reading a connection through `poll_message`, and driving a query.
+
+mod attempt;
+mod conninfo;
+mod credentials;
+mod diagnose;
+mod messages;
+mod session;
+#[cfg(feature = "tls")]
+mod tls;
+
+pub(crate) use attempt::{ConnectConfig, UserTlsConfig};
+pub(crate) use conninfo::{ConnInfo, env_defaults};
+pub use credentials::Credentials;
+pub(crate) use credentials::{BoxError, CredentialsHook};
+pub(crate) use diagnose::{connection_lost, listen_refused};
+pub(crate) use session::{
+    Session, close_gracefully, listening_channels, not_connected, open_session, send_notification,
+};

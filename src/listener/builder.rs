@@ -1,0 +1,337 @@
+//! [`ListenerBuilder`]: every setting of a [`Listener`], checked by the final
+//! `connect` (the checks live in `config`).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Listener;
+use crate::backoff::Backoff;
+use crate::config::Draft;
+use crate::connect::{BoxError, Credentials, CredentialsHook, env_defaults, open_session};
+use crate::error::{Error, ErrorKind, Result};
+use crate::heartbeat::HeartbeatConfig;
+
+/// Configures and creates a [`Listener`].
+///
+/// Settings are checked by the final [`connect`](ListenerBuilder::connect) (or
+/// [`connect_lazy`](ListenerBuilder::connect_lazy)), which reports any problem as an
+/// error of kind [`ErrorKind::Config`]; no setter panics.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use pglisten::{Backoff, Listener};
+///
+/// # async fn run() -> pglisten::Result<()> {
+/// let listener = Listener::builder("postgres://app@db.internal/app")
+///     .queue_capacity(10_000)
+///     .connect_timeout(Duration::from_secs(5))
+///     .backoff(Backoff::new().max(Duration::from_secs(30)))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until connect() or connect_lazy() is called"]
+#[derive(Clone)]
+pub struct ListenerBuilder {
+    draft: Draft,
+}
+
+impl fmt::Debug for ListenerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never shows the connection string itself: it may hold a password.
+        self.draft.fmt(f)
+    }
+}
+
+impl ListenerBuilder {
+    pub(super) fn new(url: &str) -> Self {
+        ListenerBuilder {
+            draft: Draft::new(url),
+        }
+    }
+
+    /// How many notifications each subscription buffers for a slow consumer before it
+    /// drops them and reports [`Event::Lagged`](crate::Event::Lagged). Must be at least 1.
+    /// Default: [`DEFAULT_QUEUE_CAPACITY`](crate::DEFAULT_QUEUE_CAPACITY) (1024). Memory is used only as the queue
+    /// fills.
+    ///
+    /// ```
+    /// let builder = pglisten::Listener::builder("postgres://app@db/app").queue_capacity(64);
+    /// # let _ = builder;
+    /// ```
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.draft.queue_capacity = capacity;
+        self
+    }
+
+    /// The reconnect schedule. Default: [`Backoff::default`].
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = pglisten::Listener::builder("postgres://app@db/app")
+    ///     .backoff(pglisten::Backoff::new().initial(Duration::from_millis(50)));
+    /// # let _ = builder;
+    /// ```
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.draft.backoff = backoff;
+        self
+    }
+
+    /// The bound on one whole connection attempt: TCP connect, TLS, authentication and
+    /// the first LISTEN. Default: [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT) (10 s). (The driver's own
+    /// `connect_timeout` setting covers only the TCP connect.)
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = pglisten::Listener::builder("postgres://app@db/app")
+    ///     .connect_timeout(Duration::from_secs(3));
+    /// # let _ = builder;
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.draft.connect_timeout = timeout;
+        self
+    }
+
+    /// How often the listener checks its connection, and how long a check may take
+    /// before the connection is declared dead. Defaults:
+    /// [`DEFAULT_HEARTBEAT_INTERVAL`](crate::DEFAULT_HEARTBEAT_INTERVAL) (10 s) and
+    /// [`DEFAULT_HEARTBEAT_TIMEOUT`](crate::DEFAULT_HEARTBEAT_TIMEOUT) (5 s).
+    ///
+    /// A connection that silently stops carrying bytes (a NAT or proxy dropped it, a
+    /// failover moved the address) is declared lost within `interval + timeout`: every
+    /// subscription gets [`Event::Error`](crate::Event::Error) of kind
+    /// [`ErrorKind::Timeout`], and the listener reconnects. Each check also confirms
+    /// with `pg_listening_channels()` that the server still listens to every channel;
+    /// a lost registration is repaired and announced as a gap
+    /// ([`Event::Reconnected`](crate::Event::Reconnected)). TCP keepalives and
+    /// `TCP_USER_TIMEOUT` on the listener's socket are set to agree with these values.
+    /// Both must be greater than zero.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = pglisten::Listener::builder("postgres://app@db/app")
+    ///     .heartbeat(Duration::from_secs(5), Duration::from_secs(3));
+    /// # let _ = builder;
+    /// ```
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.draft.heartbeat = HeartbeatConfig { interval, timeout };
+        self
+    }
+
+    /// Whether every connection proves, before it is used, that notifications sent by
+    /// other sessions reach it (default: on). The check LISTENs a private channel, sends
+    /// a NOTIFY to it from a second short-lived connection, and waits for it.
+    ///
+    /// It exists for poolers: behind PgBouncer (or RDS Proxy, Supavisor...) in
+    /// transaction or statement mode, LISTEN succeeds but notifications never arrive.
+    /// With the check, [`connect`](ListenerBuilder::connect) fails with a clear error
+    /// of kind [`ErrorKind::Config`] instead. Turn it off only if a second connection
+    /// per connect is a problem and you are sure no such pooler is in the path.
+    ///
+    /// ```
+    /// let builder = pglisten::Listener::builder("postgres://app@db/app").self_check(false);
+    /// # let _ = builder;
+    /// ```
+    pub fn self_check(mut self, enabled: bool) -> Self {
+        self.draft.self_check = enabled;
+        self
+    }
+
+    /// Connects, and returns once the connection is established. Fails fast: an
+    /// unreachable server, refused credentials or a bad setting are reported here,
+    /// without a retry loop. Once connected, later losses are recovered in the
+    /// background.
+    ///
+    /// ```no_run
+    /// # async fn run() -> pglisten::Result<()> {
+    /// let listener = pglisten::Listener::builder("postgres://app@db/app").connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(self) -> Result<Listener> {
+        let config = Arc::new(self.draft.validate()?);
+        let session = open_session(&config.connect).await?;
+        Ok(Listener::spawn(config, Some(session)))
+    }
+
+    /// Returns at once and connects in the background, retrying with backoff until it
+    /// succeeds. Subscriptions made meanwhile start with
+    /// [`Event::Reconnected`](crate::Event::Reconnected) once LISTEN is active, and
+    /// connection failures reach them as [`Event::Error`](crate::Event::Error).
+    ///
+    /// Must be called within a tokio runtime (an error of kind [`ErrorKind::Config`]
+    /// says so otherwise).
+    ///
+    /// ```no_run
+    /// # async fn run() -> pglisten::Result<()> {
+    /// let listener = pglisten::Listener::builder("postgres://app@db/app").connect_lazy()?;
+    /// let events = listener.subscribe(["jobs"]).await?; // registered, not yet listening
+    /// # Ok(()) }
+    /// ```
+    pub fn connect_lazy(self) -> Result<Listener> {
+        let config = Arc::new(self.draft.validate()?);
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "connect_lazy must be called from within a tokio runtime",
+            ));
+        }
+        Ok(Listener::spawn(config, None))
+    }
+}
+
+/// # Connection strings, TLS and failover
+///
+/// [`Listener::connect`](crate::Listener::connect) and
+/// [`Listener::builder`](crate::Listener::builder) take the connection strings you give
+/// `psql`: a URL (`postgres://user:password@host:port/dbname?key=value&...`, parts
+/// percent-encoded, `postgresql://` works too) or key=value pairs
+/// (`host=db user=app sslmode=verify-full`, values with spaces in single quotes).
+///
+/// Keys: `host`, `hostaddr`, `port` (each may be a comma-separated list), `user`,
+/// `password`, `dbname`, `options`, `application_name`, `fallback_application_name`,
+/// `connect_timeout`, `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslsni`,
+/// `sslnegotiation`, `channel_binding`, `target_session_attrs`, `load_balance_hosts`,
+/// `tcp_user_timeout`, `keepalives`, `keepalives_idle`, `keepalives_interval`,
+/// `keepalives_retries`; in URLs also `ssl=true` (same as `sslmode=require`). Any other
+/// key is an [`ErrorKind::Config`] error that names it.
+///
+/// `sslmode`, as in libpq (the default is `prefer`):
+///
+/// | sslmode | TLS | certificate check |
+/// |---|---|---|
+/// | `disable` | never | - |
+/// | `allow` | only if the server refuses a plaintext connection | chain, if `sslrootcert` is set |
+/// | `prefer` (default) | if the server offers it, else plaintext | chain, if `sslrootcert` is set |
+/// | `require` | always | chain, if `sslrootcert` is set; else none |
+/// | `verify-ca` | always | chain to `sslrootcert` (required); any host name |
+/// | `verify-full` | always | chain to `sslrootcert` (required) and host name |
+///
+/// `sslrootcert` is a PEM file (your provider's CA bundle) or `system` for the
+/// platform's trust store; `system` implies `verify-full` and refuses weaker modes (as
+/// libpq 16). `sslcert` + `sslkey` (PEM files) log in with a client certificate.
+/// `channel_binding=require` insists on SCRAM-SHA-256-PLUS, which needs TLS. The
+/// certificate is checked against `host`; with `hostaddr` the connection goes to that
+/// address while `host` is still the name checked. TLS needs the `tls` cargo feature
+/// (on by default); without it, a setting that needs TLS is an [`ErrorKind::Config`]
+/// error.
+///
+/// Several hosts are tried in order on every connection attempt, the first one included
+/// and every reconnect (`load_balance_hosts=random` shuffles them each time); each host
+/// gets `connect_timeout` seconds if set, else its share of
+/// [`connect_timeout`](ListenerBuilder::connect_timeout). LISTEN needs a primary, so a
+/// server in recovery (`pg_is_in_recovery()`) counts as a failed host;
+/// `target_session_attrs` may be `any`, `primary` or `read-write`.
+/// [`ReconnectReport::host`](crate::ReconnectReport::host) says which host was reached.
+///
+/// Unlike libpq, pglisten reads no files and no environment by itself: there are no
+/// defaults from `~/.postgresql/` or `~/.pgpass`, a missing host means `localhost`, and
+/// a user name is required. The environment is read only by
+/// [`from_env`](ListenerBuilder::from_env) and
+/// [`env_defaults`](ListenerBuilder::env_defaults). Certificate files are read again on
+/// every connection attempt, so renewed files are picked up when reconnecting.
+///
+/// No password, key or token appears in any `Debug` or `Display` output, error or log
+/// line.
+impl ListenerBuilder {
+    /// Starts a builder from libpq's environment variables alone, as `psql` with no
+    /// arguments would: `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+    /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGAPPNAME` and `PGCONNECT_TIMEOUT`, and also
+    /// `PGHOSTADDR`, `PGOPTIONS`, `PGSSLCERT`, `PGSSLKEY`, `PGSSLNEGOTIATION`,
+    /// `PGCHANNELBINDING`, `PGTARGETSESSIONATTRS` and `PGLOADBALANCEHOSTS`. The
+    /// environment is read once, here; empty variables count as unset.
+    ///
+    /// pglisten never reads the environment unless asked to: see also
+    /// [`env_defaults`](ListenerBuilder::env_defaults).
+    ///
+    /// ```no_run
+    /// # async fn run() -> pglisten::Result<()> {
+    /// // PGHOST=db.example.com PGUSER=app PGSSLMODE=verify-full PGSSLROOTCERT=/etc/ca.pem
+    /// let listener = pglisten::ListenerBuilder::from_env().connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_env() -> ListenerBuilder {
+        ListenerBuilder::new("").env_defaults()
+    }
+
+    /// Fills in every key the connection string leaves out from libpq's environment
+    /// variables (the list is at [`from_env`](ListenerBuilder::from_env)); keys in the
+    /// string win. The environment is read once, here.
+    ///
+    /// ```no_run
+    /// # async fn run() -> pglisten::Result<()> {
+    /// // The password comes from PGPASSWORD, the rest from the URL.
+    /// let listener = pglisten::Listener::builder("postgres://app@db.example.com/app")
+    ///     .env_defaults()
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn env_defaults(mut self) -> Self {
+        self.draft.env = env_defaults(|var| std::env::var(var).ok());
+        self
+    }
+
+    /// Calls `provider` before every connection attempt (the first and each reconnect)
+    /// for the credentials to use, so that short-lived cloud IAM tokens and rotated
+    /// passwords keep working across reconnects. It returns a password (a `String`) or
+    /// [`Credentials`]; what it returns overrides the connection string. A hook that
+    /// fails makes that attempt fail with [`ErrorKind::Authentication`]: reported by
+    /// [`connect`](ListenerBuilder::connect) on the first attempt, and as an
+    /// [`Event::Error`](crate::Event::Error) (followed by a retry with backoff) later.
+    ///
+    /// ```no_run
+    /// # async fn fetch_iam_token() -> Result<String, std::io::Error> { Ok(String::new()) }
+    /// # async fn run() -> pglisten::Result<()> {
+    /// let listener = pglisten::Listener::builder(
+    ///     "postgres://iam_user@db.example.com/app?sslmode=verify-full&sslrootcert=/etc/rds.pem",
+    /// )
+    /// .credentials(|| async { fetch_iam_token().await })
+    /// .connect()
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn credentials<F, Fut, C, E>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<C, E>> + Send + 'static,
+        C: Into<Credentials>,
+        E: Into<BoxError>,
+    {
+        let hook: CredentialsHook = Arc::new(move || {
+            let fut = provider();
+            Box::pin(async move { fut.await.map(Into::into).map_err(Into::into) })
+        });
+        self.draft.credentials = Some(hook);
+        self
+    }
+
+    /// Uses your own rustls configuration for TLS instead of the one pglisten builds
+    /// from `sslrootcert`, `sslcert` and `sslkey` (which must then be absent). The
+    /// connection string's `sslmode` still decides whether TLS is used (the default,
+    /// `prefer`, falls back to plaintext), so say `sslmode=require` or stronger to
+    /// insist on it; how the certificate is checked is up to your configuration.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use pglisten::rustls;
+    ///
+    /// # async fn run(roots: rustls::RootCertStore) -> Result<(), Box<dyn std::error::Error>> {
+    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// let config = rustls::ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()?
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let listener = pglisten::Listener::builder("postgres://app@db.example.com/app?sslmode=require")
+    ///     .tls_config(config)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.draft.tls_config = Some(Arc::new(config));
+        self
+    }
+}
