@@ -2,9 +2,8 @@
 //!
 //! The driver hands each notification over as two fresh `String`s. Keeping them would
 //! mean they are freed on the consumer's side, long after and often on another thread,
-//! which defeats the allocator's per-thread caches (measured: the allocator's slow paths
-//! were most of pglisten's cost over a raw `poll_message` loop, `cargo bench --bench
-//! drain`). Instead the background task copies the payload into the batch's [`Block`]
+//! which defeats the allocator's per-thread caches (BENCHMARKS.md, "How the hot path got
+//! here", step 1). Instead the background task copies the payload into the batch's [`Block`]
 //! (the channel name is shared with the registry's) and drops the driver's strings at
 //! once, so they go back to the cache they came from, as in the raw loop. A [`Notification`](crate::Notification) is then a
 //! shared reference to the block and an index: no allocation per notification, and a
@@ -13,8 +12,7 @@
 //! Each subscription receiving from a block gets its own [`Share`] of it, so that the
 //! reference count its notifications update (one increment each, one decrement when
 //! dropped) is its own: with one count for all, consumers on other threads contended
-//! with the task over one cache line (`cargo bench --bench fanout`, multi-thread runtime:
-//! 0.33 instead of 0.19 times the raw per-notification cost per added subscriber).
+//! with the task over one cache line (BENCHMARKS.md, "How the hot path got here", step 2).
 //!
 //! A block is sealed at [`MAX_ENTRIES`] notifications or once its text passes
 //! [`MAX_TEXT`] bytes, whichever comes first. A subscription that receives only a few
@@ -26,9 +24,8 @@ use std::sync::Arc;
 
 /// Notifications per block at most: also the largest batch handed to a subscription at
 /// once. With 128, what a current-thread runtime touches per batch (the socket's bytes,
-/// the block, the queued events) stays in L1: callgrind's cache simulation counted 0.13
-/// D1 misses per notification against 1.5 with 256, and `cargo bench --bench drain` gave
-/// 1.07-1.10 times raw CPU instead of 1.13-1.14 (64: no better, more per-batch work).
+/// the block, the queued events) stays in L1; 256 overflowed it and 64 did no better
+/// (BENCHMARKS.md, "How the hot path got here", step 5).
 pub(crate) const MAX_ENTRIES: usize = 128;
 
 /// Payload bytes after which a block is sealed (a single notification larger than

@@ -97,9 +97,9 @@ pub struct Notification {
     index: u32,
 }
 
-// Two words on purpose: fan-out stages one `Notification` per delivery, and a 56-byte
-// variant made fan-out to 1000 subscriptions about 1.6 times slower per delivery
-// (measured with `cargo bench --bench fanout`): the staged batch no longer fit in cache.
+// Two words on purpose: fan-out stages one `Notification` per delivery, and a larger one
+// made fan-out to many subscriptions slower per delivery, the staged batch no longer
+// fitting in cache (BENCHMARKS.md, "How the hot path got here", tried and not kept).
 const _: () = assert!(std::mem::size_of::<Notification>() == 16);
 
 impl Notification {

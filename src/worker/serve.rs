@@ -382,10 +382,10 @@ impl Worker {
                     received += 1;
                     self.registry.route(notification);
                     // Batches are bounded (see `block::MAX_ENTRIES`): an unbounded batch
-                    // held a whole burst (+1.8 MiB of peak memory for a 1M burst, flat
-                    // with the bound), and with the yield on a current-thread runtime
-                    // consumers read what they get while it is still in cache
-                    // (`cargo bench --bench drain` and `--bench memory`).
+                    // would hold a whole burst in memory, and with the yield on a
+                    // current-thread runtime consumers read what they get while it is
+                    // still in cache (BENCHMARKS.md, "How the hot path got here", steps
+                    // 5 and 8).
                     if self.registry.batch_full() {
                         let totals = self.registry.flush(log_lag);
                         self.count(totals);
