@@ -157,6 +157,8 @@
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings))))]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 // Layers, top to bottom; a module imports only from its own layer or the ones below
@@ -194,6 +196,7 @@ pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, QUEUE
 pub use listener::{Listener, ListenerBuilder};
 pub use notify::notify;
 #[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub use notify::notify_json;
 pub use stats::{ListenerState, Stats};
 pub use subscription::Subscription;
@@ -210,4 +213,5 @@ pub use tokio_postgres;
 /// The TLS library pglisten uses (with the `ring` crypto provider), re-exported for
 /// [`ListenerBuilder::tls_config`].
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use rustls;

@@ -34,6 +34,7 @@ where
 }
 
 #[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 impl Notification {
     /// Decodes the payload as JSON.
     ///
@@ -91,6 +92,7 @@ fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
 }
 
 #[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 impl Listener {
     /// Sends `value` encoded as JSON on `channel`, through the listener's connection.
     ///
@@ -133,6 +135,7 @@ impl Listener {
 /// # Ok(()) }
 /// ```
 #[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub async fn notify_json<C, T>(client: &C, channel: &str, value: &T) -> Result<()>
 where
     C: tokio_postgres::GenericClient + Sync,

@@ -330,6 +330,7 @@ impl ListenerBuilder {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
         self.draft.tls_config = Some(Arc::new(config));
         self
