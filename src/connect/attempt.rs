@@ -128,7 +128,7 @@ impl ConnectConfig {
             let credentials = hook().await.map_err(|e| {
                 Error::with_source(
                     ErrorKind::Authentication,
-                    "the credentials hook failed (its error is the source)",
+                    "the credentials hook failed, so this connection attempt was not made",
                     e,
                 )
             })?;
