@@ -158,7 +158,9 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
-#![doc(test(attr(deny(warnings))))]
+// As tokio: doc tests deny warnings, except that an example may define a function it
+// does not call, or a binding it does not use.
+#![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 // Layers, top to bottom; a module imports only from its own layer or the ones below
