@@ -141,6 +141,14 @@ impl Error {
         }
     }
 
+    /// The cause of an error nobody else holds (a clone shares it: then `None`), to
+    /// hand it on to an error whose message already says what this one's did.
+    pub(crate) fn into_source(self) -> Option<Source> {
+        Arc::try_unwrap(self.inner)
+            .ok()
+            .and_then(|inner| inner.source)
+    }
+
     /// The listener is closed: used by every request made after `shutdown`.
     pub(crate) fn closed() -> Self {
         Error::new(
@@ -233,6 +241,23 @@ impl Error {
     /// ```
     pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
         self.as_db_error().map(tokio_postgres::error::DbError::code)
+    }
+}
+
+/// An error and every cause under it, on one line (`message: cause: cause`), for
+/// pglisten's own log lines: a log line is the one place that must show the whole
+/// chain by itself.
+pub(crate) struct Chain<'a>(pub(crate) &'a Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.inner.message)?;
+        let mut cause = std::error::Error::source(self.0);
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
     }
 }
 
@@ -329,6 +354,26 @@ mod tests {
         assert_eq!(
             chain,
             ["gave up", "could not connect", "the cause's own words"]
+        );
+    }
+
+    #[test]
+    fn into_source_hands_on_the_cause_of_an_unshared_error() {
+        let err = Error::with_source(ErrorKind::Connect, "mine", std::io::Error::other("cause"));
+        assert_eq!(err.into_source().unwrap().to_string(), "cause");
+        let shared = Error::with_source(ErrorKind::Connect, "mine", std::io::Error::other("c"));
+        let _copy = shared.clone();
+        assert!(shared.into_source().is_none());
+    }
+
+    #[test]
+    fn a_chain_shows_every_cause_once() {
+        let cause = std::io::Error::other("refused");
+        let inner = Error::with_source(ErrorKind::Connect, "could not connect", cause);
+        let outer = Error::with_source(ErrorKind::Closed, "gave up", inner);
+        assert_eq!(
+            Chain(&outer).to_string(),
+            "gave up: could not connect: refused"
         );
     }
 

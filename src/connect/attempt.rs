@@ -17,7 +17,7 @@ use super::diagnose::{self, Transport};
 use super::messages::{MessageStream, drive, message_stream};
 #[cfg(feature = "tls")]
 use super::tls::TlsSetup;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Chain, Error, ErrorKind, Result};
 use crate::random::SplitMix64;
 
 /// A TLS configuration of the user's own, given to `ListenerBuilder::tls_config`
@@ -176,7 +176,7 @@ impl ConnectConfig {
             match result {
                 Ok(established) => return Ok(established),
                 Err(error) => {
-                    debug!(host = %label, error = %error, "host failed");
+                    debug!(host = %label, error = %Chain(&error), "host failed");
                     failures.push(error);
                 }
             }
@@ -214,16 +214,20 @@ impl ConnectConfig {
             .max_by_key(|(i, e)| (rank(e.kind()), *i))
             .map_or(0, |(i, _)| i);
         let main = failures.swap_remove(chosen);
-        Error::with_source(
-            main.kind(),
-            format!(
-                "none of the {} hosts of {} could be used: {}",
-                details.len(),
-                self.target,
-                details.join("; ")
-            ),
-            main,
-        )
+        let message = format!(
+            "none of the {} hosts of {} could be used: {}",
+            details.len(),
+            self.target,
+            details.join("; ")
+        );
+        // Every host's own message is in this one; the cause of the one that matters
+        // most becomes its source, so that a reporter printing the chain shows no
+        // message twice.
+        let kind = main.kind();
+        match main.into_source() {
+            Some(cause) => Error::with_source(kind, message, cause),
+            None => Error::new(kind, message),
+        }
     }
 
     /// Connects to one host, then makes sure it is a primary.
@@ -269,7 +273,7 @@ impl ConnectConfig {
                 if fallback.is_some()
                     && (e.kind() == ErrorKind::Tls || diagnose::refused_by_hba(&e)) =>
             {
-                debug!(host = %label, error = %e, sslmode = %self.info.sslmode, "trying the other transport");
+                debug!(host = %label, error = %Chain(&e), sslmode = %self.info.sslmode, "trying the other transport");
                 let other = fallback.unwrap_or(Transport::Plain);
                 self.attempt(&config, other, &label, connector).await?
             }

@@ -43,7 +43,7 @@ use self::serve::Serving;
 use crate::backoff::BackoffSchedule;
 use crate::config::ListenerConfig;
 use crate::connect::{Session, open_session};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Chain, Error, ErrorKind, Result};
 use crate::fanout::{Event, LagChange, Registry, SubscriptionId};
 use crate::heartbeat::QueueUsageAlarm;
 use crate::random::SplitMix64;
@@ -144,7 +144,7 @@ impl Worker {
             match self.serve(session).await {
                 Exit::Stop => break,
                 Exit::Lost(error) => {
-                    warn!(error = %error, "connection lost; reconnecting");
+                    warn!(error = %Chain(&error), "connection lost; reconnecting");
                     self.status.set_backend_pid(None);
                     self.status.set_channels(0);
                     let now = Instant::now();
@@ -208,7 +208,7 @@ impl Worker {
             match result {
                 Ok(session) => return Some(session),
                 Err(error) => {
-                    warn!(error = %error, attempt, "reconnect attempt failed");
+                    warn!(error = %Chain(&error), attempt, "reconnect attempt failed");
                     self.registry.broadcast(&Event::Error(error.clone()));
                     self.last_error = Some(error);
                 }

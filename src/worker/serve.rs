@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::command::Running;
 use super::{Ack, Exit, Next, Phase, Query, Worker, log_lag};
 use crate::connect::{Session, close_gracefully, connection_lost};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Chain, Error, ErrorKind, Result};
 use crate::fanout::{FlushTotals, SyncPlan};
 use crate::heartbeat::{self, AlarmChange};
 use crate::stats::ListenerState;
@@ -286,7 +286,7 @@ impl Worker {
                     // The connection cannot listen: treat it as a failed attempt.
                     return Err(Exit::Lost(error));
                 }
-                warn!(error = %error, "LISTEN/UNLISTEN failed");
+                warn!(error = %Chain(&error), "LISTEN/UNLISTEN failed");
                 s.replan_blocked = true;
                 Ok(())
             }
