@@ -237,8 +237,7 @@ impl Worker {
     }
 
     /// The one place a command is handled, whatever the task is doing.
-    fn dispatch(&mut self, command: Command, phase: Phase<'_>) -> Next {
-        let mut phase = phase;
+    fn dispatch(&mut self, command: Command, mut phase: Phase<'_>) -> Next {
         if let Phase::Online(serving) = &mut phase {
             // Something changed: a sync the server refused may be tried again.
             serving.replan_blocked = false;
