@@ -1,9 +1,7 @@
 //! Delivery against a real server that no test disturbs: subscribe, names, payloads,
 //! fan-out, UNLISTEN, lag, isolation of slow consumers.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use pglisten::{ErrorKind, Event, Listener};
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! payloads of up to 128 notifications, and one reference per subscription and batch),
 //! so the measured difference is about 0.02.
 //!
-//! A counting global allocator (this test binary's own) counts allocations made on the
+//! A counting global allocator (the `it` binary's, installed here; it counts per thread,
+//! so the tests running beside this one do not disturb it) counts allocations made on the
 //! test thread, which runs a current-thread runtime: the driver, pglisten's background
 //! task and the consumer all run there. The producer runs on another thread and is not
 //! counted. K notifications are drained through a raw tokio-postgres `poll_message` loop

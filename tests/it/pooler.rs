@@ -2,9 +2,7 @@
 //! never arrive, so the connect-time self-check must refuse it with a clear error; in
 //! session mode everything works. Against a real PgBouncer.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use pglisten::{ErrorKind, Listener};
 use pglisten_testkit::{PgBouncer, PoolMode};
 

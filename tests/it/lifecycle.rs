@@ -1,10 +1,8 @@
 //! Connecting, shutting down and dropping.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
 use futures::stream::FusedStream;
 use pglisten::{ErrorKind, Event, Listener, Subscription};

@@ -1,11 +1,9 @@
 //! A LISTEN connection is idle by design: a server-wide `idle_session_timeout` must not
 //! end it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use pglisten::Listener;
 
 #[tokio::test]

@@ -1,11 +1,9 @@
 //! Bad input, table-driven: each case gets its documented error kind, and a working
 //! listener keeps working after every one of them.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use pglisten::{ErrorKind, Event, Listener, ListenerBuilder, MAX_CHANNEL_BYTES, Subscription};
 use pglisten_testkit::{BlackHole, Cluster};
 

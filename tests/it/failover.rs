@@ -1,12 +1,10 @@
 //! Several hosts in one connection string: tried in order on every (re)connect, and a
 //! standby is never used (LISTEN cannot run there). `Reconnected` names the host.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use pglisten::{Backoff, ErrorKind, Event, Listener, ReconnectReport, Subscription};
 use pglisten_testkit::{Cluster, StopMode};
 

@@ -10,9 +10,7 @@
 //! logic.
 //!
 //! `PGLISTEN_SOAK_SECS` sets how long faults are injected (default 40 s, about a minute
-//! in all); e.g. `PGLISTEN_SOAK_SECS=600 cargo test --test soak -- --nocapture`.
-
-mod common;
+//! in all); e.g. `PGLISTEN_SOAK_SECS=600 cargo test --test it soak:: -- --nocapture`.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -20,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
 use pglisten::tokio_postgres::{self, Client, NoTls, types::ToSql};
 use pglisten::{Backoff, Event, Listener, Subscription};

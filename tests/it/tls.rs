@@ -5,16 +5,13 @@
 //! The certificates are made at test time (testkit's `tls` module). The TLS server
 //! accepts TCP connections only over TLS (`hostssl`), with scram-sha-256 for everyone
 //! except `certuser`, who must present a client certificate.
-#![cfg(feature = "tls")]
-
-mod common;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use pglisten::{Backoff, ErrorKind, Event, Listener, ListenerBuilder};
 use pglisten_testkit::Cluster;
 use pglisten_testkit::tls::TestCa;

@@ -1,12 +1,10 @@
 //! What a listener reports about itself (`Listener::stats`), the operator's
 //! `Listener::reconnect`, and the give-up policy of `Backoff`.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
 use pglisten::{Backoff, ErrorKind, Event, Listener, ListenerState, Subscription};
 use pglisten_testkit::StopMode;
