@@ -5,14 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use pglisten::{Backoff, ErrorKind, Event, Listener, ReconnectReport, Subscription};
+use pglisten::{ErrorKind, Event, Listener, ReconnectReport, Subscription};
 use pglisten_testkit::{Cluster, StopMode};
-
-fn fast_backoff() -> Backoff {
-    Backoff::new()
-        .initial(Duration::from_millis(50))
-        .max(Duration::from_millis(300))
-}
 
 /// A port on 127.0.0.1 where nothing listens (it was free a moment ago).
 fn closed_port() -> u16 {
@@ -50,7 +44,7 @@ async fn the_second_host_is_used_when_the_first_is_down() {
     let cluster = own_cluster().await;
     let url = url_for(&[closed_port(), cluster.port()]);
     let listener = Listener::builder(&url)
-        .backoff(fast_backoff())
+        .backoff(fast_backoff_up_to(Duration::from_millis(300)))
         .connect_lazy()
         .unwrap();
     let channel = unique("failover_first_down");
@@ -73,7 +67,7 @@ async fn a_reconnect_fails_over_to_the_next_host() {
     let second = own_cluster().await;
     let url = url_for(&[first.port(), second.port()]);
     let listener = Listener::builder(&url)
-        .backoff(fast_backoff())
+        .backoff(fast_backoff_up_to(Duration::from_millis(300)))
         .connect_lazy()
         .unwrap();
     let channel = unique("failover_reconnect");
@@ -123,7 +117,7 @@ async fn a_standby_is_refused_with_a_clear_error_and_the_primary_is_used() {
 
     let url = url_for(&[standby.port(), primary.port()]);
     let listener = Listener::builder(&url)
-        .backoff(fast_backoff())
+        .backoff(fast_backoff_up_to(Duration::from_millis(300)))
         .connect_lazy()
         .unwrap();
     let channel = unique("failover_standby");

@@ -248,7 +248,10 @@ pub async fn expect_flow_after_gap(sub: &mut Subscription, producer: &Producer) 
 
 /// Quick retries (50 ms growing to 500 ms), so that recoveries do not wait long.
 pub fn fast_backoff() -> Backoff {
-    Backoff::new()
-        .initial(Duration::from_millis(50))
-        .max(Duration::from_millis(500))
+    fast_backoff_up_to(Duration::from_millis(500))
+}
+
+/// Quick retries starting at 50 ms and growing to `max`.
+pub fn fast_backoff_up_to(max: Duration) -> Backoff {
+    Backoff::new().initial(Duration::from_millis(50)).max(max)
 }

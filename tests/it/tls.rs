@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::support::*;
-use pglisten::{Backoff, ErrorKind, Event, Listener, ListenerBuilder};
+use pglisten::{ErrorKind, Event, Listener, ListenerBuilder};
 use pglisten_testkit::Cluster;
 use pglisten_testkit::tls::TestCa;
 
@@ -135,12 +135,6 @@ async fn plain_server() -> &'static Cluster {
         })
     })
     .await
-}
-
-fn fast_backoff() -> Backoff {
-    Backoff::new()
-        .initial(Duration::from_millis(50))
-        .max(Duration::from_millis(300))
 }
 
 /// Whether the listener's current backend is encrypted, as the server sees it.
@@ -406,7 +400,7 @@ async fn a_wrong_password_fails_the_first_connect_fast() {
 async fn notifications_flow_and_reconnected_works_over_tls() {
     let server = tls_server().await;
     let listener = Listener::builder(&server.verified_url())
-        .backoff(fast_backoff())
+        .backoff(fast_backoff_up_to(Duration::from_millis(300)))
         .connect()
         .await
         .unwrap();
@@ -441,7 +435,7 @@ async fn the_credentials_hook_serves_a_rotated_password_on_reconnect() {
         &format!("sslmode=verify-full&sslrootcert={}", server.root.display()),
     );
     let listener = Listener::builder(&url)
-        .backoff(fast_backoff())
+        .backoff(fast_backoff_up_to(Duration::from_millis(300)))
         .credentials({
             let (password, calls) = (password.clone(), calls.clone());
             move || {
@@ -617,7 +611,7 @@ async fn secrets_never_leak() {
             server.client_key.display()
         ),
     ))
-    .backoff(fast_backoff())
+    .backoff(fast_backoff_up_to(Duration::from_millis(300)))
     .credentials({
         let hook_password = hook_password.clone();
         move || {
