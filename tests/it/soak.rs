@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use futures::StreamExt;
-use pglisten::tokio_postgres::{self, Client, NoTls, types::ToSql};
+use pglisten::tokio_postgres::{Client, types::ToSql};
 use pglisten::{Backoff, Event, Listener, Subscription};
 use pglisten_testkit::{Cluster, FaultProxy, StopMode};
 
@@ -68,13 +68,8 @@ impl Db {
 
     async fn client(&mut self) -> Option<&Client> {
         if self.client.is_none() {
-            let connecting = tokio_postgres::connect(&self.url, NoTls);
-            if let Ok(Ok((client, connection))) =
-                tokio::time::timeout(Duration::from_secs(5), connecting).await
-            {
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
+            let connecting = pglisten_testkit::try_admin(&self.url);
+            if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(5), connecting).await {
                 self.client = Some(client);
             }
         }

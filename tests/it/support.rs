@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use pglisten::tokio_postgres::{self, Client, NoTls};
+use pglisten::tokio_postgres::Client;
 use pglisten::{Backoff, Event, Notification, Subscription};
 
 /// The longest any single expected event may take. Generous: machines are shared.
@@ -59,15 +59,7 @@ pub fn has_ready_event(sub: &mut Subscription) -> bool {
 }
 
 /// An ordinary connection for sending notifications and inspecting the server.
-pub async fn admin(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("admin connection to {url} failed: {e}"));
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
+pub use pglisten_testkit::admin;
 
 /// Sends one notification from `client` and returns once it is committed.
 pub async fn send(client: &Client, channel: &str, payload: &str) {
@@ -157,20 +149,7 @@ impl Producer {
                 let mut client = None;
                 while !stop.load(Ordering::Relaxed) {
                     if client.is_none() {
-                        client = match pglisten::tokio_postgres::connect(
-                            &url,
-                            pglisten::tokio_postgres::NoTls,
-                        )
-                        .await
-                        {
-                            Ok((c, conn)) => {
-                                tokio::spawn(async move {
-                                    let _ = conn.await;
-                                });
-                                Some(c)
-                            }
-                            Err(_) => None,
-                        };
+                        client = pglisten_testkit::try_admin(&url).await.ok();
                     }
                     if let Some(c) = &client {
                         let n = sent.load(Ordering::Relaxed);
