@@ -108,7 +108,7 @@ async fn a_standby_is_refused_with_a_clear_error_and_the_primary_is_used() {
 
     let error = Listener::connect(&standby.url()).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Connect, "{error}");
-    let text = error.to_string();
+    let text = error_report(&error);
     assert!(text.contains("standby"), "{text}");
     assert!(
         text.contains(&format!("127.0.0.1:{}", standby.port())),
@@ -136,7 +136,7 @@ async fn a_standby_is_refused_with_a_clear_error_and_the_primary_is_used() {
     let error = Listener::connect(&url_for(&[standby.port(), dead]))
         .await
         .unwrap_err();
-    let text = error.to_string();
+    let text = error_report(&error);
     assert!(text.contains("none of the 2 hosts"), "{text}");
     assert!(text.contains("standby"), "{text}");
     assert!(text.contains(&format!("127.0.0.1:{dead}")), "{text}");

@@ -224,7 +224,7 @@ async fn max_attempts_gives_up_with_a_final_closed_error_to_every_subscription()
         );
         let last = errors.last().unwrap();
         assert!(
-            last.to_string().contains("3 failed connection attempts"),
+            error_report(last).contains("3 failed connection attempts"),
             "{last}"
         );
         // The cause is the last failed attempt.

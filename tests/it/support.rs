@@ -61,6 +61,20 @@ pub fn has_ready_event(sub: &mut Subscription) -> bool {
 /// An ordinary connection for sending notifications and inspecting the server.
 pub use pglisten_testkit::admin;
 
+/// An error as a user sees it with anyhow's `{:#}`: its own message and the message of
+/// every error in its `source()` chain, joined by ": ". Tests that look for a cause's
+/// text (a server or driver message) or check that no secret is shown read this.
+pub fn error_report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Sends one notification from `client` and returns once it is committed.
 pub async fn send(client: &Client, channel: &str, payload: &str) {
     client

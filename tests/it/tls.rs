@@ -159,7 +159,7 @@ fn expect_error(result: pglisten::Result<Listener>, kind: ErrorKind, needle: &st
     match result {
         Ok(_) => panic!("expected an error of kind {kind:?} containing {needle:?}"),
         Err(e) => {
-            let text = e.to_string();
+            let text = error_report(&e);
             eprintln!("{kind:?}: {text}");
             assert_eq!(e.kind(), kind, "{text}");
             assert!(text.contains(needle), "{needle:?} not in: {text}");
@@ -592,10 +592,10 @@ async fn secrets_never_leak() {
     shown.push(format!("{builder:?}"));
     let error = builder.connect().await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Authentication);
-    shown.push(format!("{error} {error:?}"));
+    shown.push(format!("{} {error:?}", error_report(&error)));
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
-        shown.push(format!("{cause} {cause:?}"));
+        shown.push(format!("{cause:?}"));
         source = cause.source();
     }
 
@@ -636,7 +636,7 @@ async fn secrets_never_leak() {
         }
         shown.push(format!("{event:?}"));
         if let Event::Error(e) = event {
-            shown.push(e.to_string());
+            shown.push(error_report(&e));
         }
     }
     listener.shutdown().await;
