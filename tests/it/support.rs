@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: waiting for events with a timeout (never a
 //! fixed sleep), an admin connection, and unique channel names.
-#![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
 use std::sync::Arc;
