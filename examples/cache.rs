@@ -21,7 +21,7 @@ use std::error::Error;
 use std::time::Duration;
 
 use futures::StreamExt;
-use pglisten::tokio_postgres::{self, Client, NoTls};
+use pglisten::tokio_postgres::Client;
 use pglisten::{Event, Listener, Subscription};
 
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
@@ -61,8 +61,7 @@ async fn run() -> Result<()> {
         tokio::task::spawn_blocking(pglisten_testkit::ExampleDatabase::from_env_or_start).await??;
     let url = database.url().to_owned();
 
-    let (db, connection) = tokio_postgres::connect(&url, NoTls).await?;
-    tokio::spawn(connection);
+    let db = pglisten_testkit::try_admin(&url).await?;
     // A schema of our own, named after our session, so that runs sharing a database
     // do not collide. The session then finds `items` there.
     let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);

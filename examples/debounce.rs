@@ -23,7 +23,7 @@ use std::error::Error;
 use std::pin::pin;
 use std::time::Duration;
 
-use pglisten::tokio_postgres::{self, Client, NoTls};
+use pglisten::tokio_postgres::Client;
 use pglisten::{Event, Listener};
 use tokio_stream::StreamExt;
 
@@ -77,7 +77,7 @@ async fn run() -> Result<()> {
         tokio::task::spawn_blocking(pglisten_testkit::ExampleDatabase::from_env_or_start).await??;
     let url = database.url().to_owned();
 
-    let db = connect(&url).await?;
+    let db = pglisten_testkit::try_admin(&url).await?;
     // A schema of our own, named after our session, so that runs sharing a database
     // do not collide.
     let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
@@ -184,7 +184,7 @@ async fn load_all(db: &Client) -> Result<Prices> {
 /// Another part of the application: changes prices in bursts of separate
 /// transactions, with pauses in between.
 async fn change_prices_in_bursts(url: String, schema: String) -> Result<()> {
-    let db = connect(&url).await?;
+    let db = pglisten_testkit::try_admin(&url).await?;
     db.batch_execute(&format!("SET search_path TO {schema}"))
         .await?;
     for burst in 1..=BURSTS {
@@ -201,10 +201,4 @@ async fn change_prices_in_bursts(url: String, schema: String) -> Result<()> {
         println!("burst {burst}: changed {CHANGES_PER_BURST} prices");
     }
     Ok(())
-}
-
-async fn connect(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
 }

@@ -46,9 +46,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // Kill our own connection from another session, as a failover or a DBA would.
     let pid = listener.backend_pid().ok_or("not connected")?;
-    let (admin, connection) =
-        pglisten::tokio_postgres::connect(&url, pglisten::tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let admin = pglisten_testkit::try_admin(&url).await?;
     println!("\nterminating the listener's backend {pid} to show recovery...");
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])

@@ -24,7 +24,7 @@ use std::error::Error;
 use std::time::Duration;
 
 use futures::StreamExt;
-use pglisten::tokio_postgres::{self, Client, NoTls};
+use pglisten::tokio_postgres::Client;
 use pglisten::{Event, Listener, Subscription};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -108,7 +108,7 @@ async fn run() -> Result<()> {
         tokio::task::spawn_blocking(pglisten_testkit::ExampleDatabase::from_env_or_start).await??;
     let url = database.url().to_owned();
 
-    let db = connect(&url).await?;
+    let db = pglisten_testkit::try_admin(&url).await?;
     // A schema of our own, named after our session, so that runs sharing a database
     // do not collide.
     let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
@@ -174,7 +174,7 @@ async fn start_worker(
 ) -> Result<(Listener, JoinHandle<Result<()>>)> {
     let listener = Listener::connect(url).await?;
     let events = listener.subscribe([format!("{schema}.jobs")]).await?;
-    let db = connect(url).await?;
+    let db = pglisten_testkit::try_admin(url).await?;
     db.batch_execute(&format!("SET search_path TO {schema}"))
         .await?;
     let task = tokio::spawn(work(worker, events, db, reports));
@@ -349,10 +349,4 @@ impl Reports {
         println!("\nAll good: {total} jobs, each done exactly once.");
         Ok(())
     }
-}
-
-async fn connect(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
 }

@@ -25,7 +25,6 @@ use std::pin::pin;
 use std::time::SystemTime;
 
 use futures::StreamExt;
-use pglisten::tokio_postgres::{self, NoTls};
 use pglisten::{Event, Listener, Notification, Subscription};
 use serde::Serialize;
 use serde_json::Value;
@@ -200,8 +199,7 @@ async fn send_samples(url: String, channels: Vec<String>, count: u64) {
 }
 
 async fn try_send_samples(url: &str, channels: &[String], count: u64) -> Result<()> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(connection);
+    let client = pglisten_testkit::try_admin(url).await?;
     for (i, channel) in (1..=count).zip(channels.iter().cycle()) {
         let payload = if i % 2 == 1 {
             serde_json::json!({ "order": i, "status": "paid" }).to_string()

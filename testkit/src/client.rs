@@ -26,12 +26,29 @@ pub type RawConnection = Connection<Socket, NoTlsStream>;
 /// # }
 /// ```
 pub async fn admin(url: &str) -> Client {
-    let (client, connection) = raw(url).await;
+    try_admin(url)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url} failed: {e}"))
+}
+
+/// [`admin`] that returns the driver's error instead of panicking, for callers that
+/// retry (a producer that keeps sending across outages) or show the error (examples
+/// run against a user's `DATABASE_URL`, whose password a panic message would print).
+///
+/// # Errors
+///
+/// When the connection cannot be made.
+///
+/// # Panics
+///
+/// When called outside a tokio runtime.
+pub async fn try_admin(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         // Ends when the client is dropped or the server goes away; either is expected.
         let _ = connection.await;
     });
-    client
+    Ok(client)
 }
 
 /// Connects a client to `url` (no TLS) and returns its connection unpolled, for code

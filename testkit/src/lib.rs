@@ -40,7 +40,7 @@
 mod client;
 mod proxy;
 
-pub use client::{RawConnection, admin, drive, raw};
+pub use client::{RawConnection, admin, drive, raw, try_admin};
 pub use proxy::{BlackHole, FaultProxy};
 
 use std::collections::BTreeSet;

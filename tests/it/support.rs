@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: waiting for events with a timeout (never a
 //! fixed sleep), an admin connection, and unique channel names.
-#![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use pglisten::tokio_postgres::{self, Client, NoTls};
+use pglisten::tokio_postgres::Client;
 use pglisten::{Backoff, Event, Notification, Subscription};
 
 /// The longest any single expected event may take. Generous: machines are shared.
@@ -59,14 +58,20 @@ pub fn has_ready_event(sub: &mut Subscription) -> bool {
 }
 
 /// An ordinary connection for sending notifications and inspecting the server.
-pub async fn admin(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("admin connection to {url} failed: {e}"));
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+pub use pglisten_testkit::admin;
+
+/// An error as a user sees it with anyhow's `{:#}`: its own message and the message of
+/// every error in its `source()` chain, joined by ": ". Tests that look for a cause's
+/// text (a server or driver message) or check that no secret is shown read this.
+pub fn error_report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Sends one notification from `client` and returns once it is committed.
@@ -157,20 +162,7 @@ impl Producer {
                 let mut client = None;
                 while !stop.load(Ordering::Relaxed) {
                     if client.is_none() {
-                        client = match pglisten::tokio_postgres::connect(
-                            &url,
-                            pglisten::tokio_postgres::NoTls,
-                        )
-                        .await
-                        {
-                            Ok((c, conn)) => {
-                                tokio::spawn(async move {
-                                    let _ = conn.await;
-                                });
-                                Some(c)
-                            }
-                            Err(_) => None,
-                        };
+                        client = pglisten_testkit::try_admin(&url).await.ok();
                     }
                     if let Some(c) = &client {
                         let n = sent.load(Ordering::Relaxed);
@@ -248,7 +240,10 @@ pub async fn expect_flow_after_gap(sub: &mut Subscription, producer: &Producer) 
 
 /// Quick retries (50 ms growing to 500 ms), so that recoveries do not wait long.
 pub fn fast_backoff() -> Backoff {
-    Backoff::new()
-        .initial(Duration::from_millis(50))
-        .max(Duration::from_millis(500))
+    fast_backoff_up_to(Duration::from_millis(500))
+}
+
+/// Quick retries starting at 50 ms and growing to `max`.
+pub fn fast_backoff_up_to(max: Duration) -> Backoff {
+    Backoff::new().initial(Duration::from_millis(50)).max(max)
 }

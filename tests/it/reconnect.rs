@@ -2,12 +2,10 @@
 //! active again and before any notification from the new connection. Each test that
 //! disturbs the server has a cluster of its own.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use pglisten::{Backoff, ErrorKind, Event, Listener};
 use pglisten_testkit::StopMode;
 

@@ -1,11 +1,9 @@
 //! A LISTEN connection is idle by design: a server-wide `idle_session_timeout` must not
 //! end it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use pglisten::Listener;
 
 #[tokio::test]
@@ -19,10 +17,7 @@ async fn idle_session_timeout_does_not_end_the_listener_session() {
     .expect("cluster");
     let url = cluster.url();
     // A plain session on this server is ended after 1 s idle: the setting is live.
-    let (_plain, connection) =
-        pglisten::tokio_postgres::connect(&url, pglisten::tokio_postgres::NoTls)
-            .await
-            .unwrap();
+    let (_plain, connection) = pglisten_testkit::raw(&url).await;
     tokio::time::timeout(WAIT, connection)
         .await
         .expect("the server ends an idle ordinary session")

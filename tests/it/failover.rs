@@ -1,20 +1,12 @@
 //! Several hosts in one connection string: tried in order on every (re)connect, and a
 //! standby is never used (LISTEN cannot run there). `Reconnected` names the host.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
-use pglisten::{Backoff, ErrorKind, Event, Listener, ReconnectReport, Subscription};
+use crate::support::*;
+use pglisten::{ErrorKind, Event, Listener, ReconnectReport, Subscription};
 use pglisten_testkit::{Cluster, StopMode};
-
-fn fast_backoff() -> Backoff {
-    Backoff::new()
-        .initial(Duration::from_millis(50))
-        .max(Duration::from_millis(300))
-}
 
 /// A port on 127.0.0.1 where nothing listens (it was free a moment ago).
 fn closed_port() -> u16 {
@@ -52,7 +44,7 @@ async fn the_second_host_is_used_when_the_first_is_down() {
     let cluster = own_cluster().await;
     let url = url_for(&[closed_port(), cluster.port()]);
     let listener = Listener::builder(&url)
-        .backoff(fast_backoff())
+        .backoff(fast_backoff_up_to(Duration::from_millis(300)))
         .connect_lazy()
         .unwrap();
     let channel = unique("failover_first_down");
@@ -75,7 +67,7 @@ async fn a_reconnect_fails_over_to_the_next_host() {
     let second = own_cluster().await;
     let url = url_for(&[first.port(), second.port()]);
     let listener = Listener::builder(&url)
-        .backoff(fast_backoff())
+        .backoff(fast_backoff_up_to(Duration::from_millis(300)))
         .connect_lazy()
         .unwrap();
     let channel = unique("failover_reconnect");
@@ -116,7 +108,7 @@ async fn a_standby_is_refused_with_a_clear_error_and_the_primary_is_used() {
 
     let error = Listener::connect(&standby.url()).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Connect, "{error}");
-    let text = error.to_string();
+    let text = error_report(&error);
     assert!(text.contains("standby"), "{text}");
     assert!(
         text.contains(&format!("127.0.0.1:{}", standby.port())),
@@ -125,7 +117,7 @@ async fn a_standby_is_refused_with_a_clear_error_and_the_primary_is_used() {
 
     let url = url_for(&[standby.port(), primary.port()]);
     let listener = Listener::builder(&url)
-        .backoff(fast_backoff())
+        .backoff(fast_backoff_up_to(Duration::from_millis(300)))
         .connect_lazy()
         .unwrap();
     let channel = unique("failover_standby");
@@ -144,7 +136,7 @@ async fn a_standby_is_refused_with_a_clear_error_and_the_primary_is_used() {
     let error = Listener::connect(&url_for(&[standby.port(), dead]))
         .await
         .unwrap_err();
-    let text = error.to_string();
+    let text = error_report(&error);
     assert!(text.contains("none of the 2 hosts"), "{text}");
     assert!(text.contains("standby"), "{text}");
     assert!(text.contains(&format!("127.0.0.1:{dead}")), "{text}");

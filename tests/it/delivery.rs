@@ -1,9 +1,7 @@
 //! Delivery against a real server that no test disturbs: subscribe, names, payloads,
 //! fan-out, UNLISTEN, lag, isolation of slow consumers.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use pglisten::{ErrorKind, Event, Listener};
 
 #[tokio::test]
@@ -101,7 +99,7 @@ async fn payload_of_7999_bytes_is_delivered_and_8000_refused() {
     let too_big = "p".repeat(8000);
     let err = listener.notify(&channel, &too_big).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidPayload);
-    assert!(err.to_string().contains("8000"), "{err}");
+    assert!(error_report(&err).contains("8000"), "{err}");
     let err = listener.notify(&channel, "nul\0").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidPayload);
 

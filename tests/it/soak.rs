@@ -10,9 +10,7 @@
 //! logic.
 //!
 //! `PGLISTEN_SOAK_SECS` sets how long faults are injected (default 40 s, about a minute
-//! in all); e.g. `PGLISTEN_SOAK_SECS=600 cargo test --test soak -- --nocapture`.
-
-mod common;
+//! in all); e.g. `PGLISTEN_SOAK_SECS=600 cargo test --test it soak:: -- --nocapture`.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -20,9 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
-use pglisten::tokio_postgres::{self, Client, NoTls, types::ToSql};
+use pglisten::tokio_postgres::{Client, types::ToSql};
 use pglisten::{Backoff, Event, Listener, Subscription};
 use pglisten_testkit::{Cluster, FaultProxy, StopMode};
 
@@ -70,13 +68,8 @@ impl Db {
 
     async fn client(&mut self) -> Option<&Client> {
         if self.client.is_none() {
-            let connecting = tokio_postgres::connect(&self.url, NoTls);
-            if let Ok(Ok((client, connection))) =
-                tokio::time::timeout(Duration::from_secs(5), connecting).await
-            {
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
+            let connecting = pglisten_testkit::try_admin(&self.url);
+            if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(5), connecting).await {
                 self.client = Some(client);
             }
         }

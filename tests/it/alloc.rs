@@ -4,7 +4,8 @@
 //! payloads of up to 128 notifications, and one reference per subscription and batch),
 //! so the measured difference is about 0.02.
 //!
-//! A counting global allocator (this test binary's own) counts allocations made on the
+//! A counting global allocator (the `it` binary's, installed here; it counts per thread,
+//! so the tests running beside this one do not disturb it) counts allocations made on the
 //! test thread, which runs a current-thread runtime: the driver, pglisten's background
 //! task and the consumer all run there. The producer runs on another thread and is not
 //! counted. K notifications are drained through a raw tokio-postgres `poll_message` loop
@@ -13,12 +14,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::future::Future;
-use std::task::Poll;
 
 use futures::StreamExt;
-use pglisten::tokio_postgres::{self, AsyncMessage, NoTls};
+use pglisten::tokio_postgres::AsyncMessage;
 use pglisten::{Event, Listener};
+use pglisten_testkit::{RawConnection, admin, drive, raw};
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
@@ -88,10 +88,7 @@ impl Producer {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&url, NoTls)
-                    .await
-                    .expect("producer connection");
-                tokio::spawn(connection);
+                let client = admin(&url).await;
                 while let Ok((channel, n, done)) = rx.recv() {
                     let mut next = 1i32;
                     let n = i32::try_from(n).expect("n");
@@ -122,28 +119,6 @@ impl Producer {
             .expect("producer thread");
         wait.recv().expect("producer finished");
     }
-}
-
-type RawConnection =
-    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
-
-/// Runs a query while polling the connection that does its I/O.
-async fn drive<T>(
-    connection: &mut RawConnection,
-    query: impl Future<Output = Result<T, tokio_postgres::Error>>,
-) -> T {
-    let mut query = std::pin::pin!(query);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = query.as_mut().poll(cx) {
-            return Poll::Ready(result);
-        }
-        while let Poll::Ready(Some(message)) = connection.poll_message(cx) {
-            message.expect("connection");
-        }
-        Poll::Pending
-    })
-    .await
-    .expect("query")
 }
 
 async fn raw_drain(connection: &mut RawConnection, n: usize) {
@@ -186,11 +161,11 @@ fn pglisten_allocates_at_most_one_more_per_notification_than_the_driver() {
     let pg_channel = format!("alloc_pglisten_{tag}");
 
     let (client, mut connection) = rt.block_on(async {
-        let (client, mut connection) = tokio_postgres::connect(&url, NoTls)
-            .await
-            .expect("raw connection");
+        let (client, mut connection) = raw(&url).await;
         let listen = format!("LISTEN \"{raw_channel}\"");
-        drive(&mut connection, client.batch_execute(&listen)).await;
+        drive(&mut connection, client.batch_execute(&listen))
+            .await
+            .expect("query");
         (client, connection)
     });
     let (listener, mut sub) = rt.block_on(async {

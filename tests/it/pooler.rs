@@ -2,9 +2,7 @@
 //! never arrive, so the connect-time self-check must refuse it with a clear error; in
 //! session mode everything works. Against a real PgBouncer.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use pglisten::{ErrorKind, Listener};
 use pglisten_testkit::{PgBouncer, PoolMode};
 
@@ -27,7 +25,7 @@ async fn transaction_mode_pooler_is_refused_at_connect_with_a_clear_error() {
     };
     let err = Listener::connect(&bouncer.url()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config, "{err}");
-    let text = err.to_string();
+    let text = error_report(&err);
     assert!(text.contains("transaction"), "{text}");
     assert!(text.contains("pooler"), "{text}");
     // The check is what catches it: without it, connect succeeds (and would go deaf).

@@ -5,17 +5,14 @@
 //! The certificates are made at test time (testkit's `tls` module). The TLS server
 //! accepts TCP connections only over TLS (`hostssl`), with scram-sha-256 for everyone
 //! except `certuser`, who must present a client certificate.
-#![cfg(feature = "tls")]
-
-mod common;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::*;
-use pglisten::{Backoff, ErrorKind, Event, Listener, ListenerBuilder};
+use crate::support::*;
+use pglisten::{ErrorKind, Event, Listener, ListenerBuilder};
 use pglisten_testkit::Cluster;
 use pglisten_testkit::tls::TestCa;
 
@@ -140,12 +137,6 @@ async fn plain_server() -> &'static Cluster {
     .await
 }
 
-fn fast_backoff() -> Backoff {
-    Backoff::new()
-        .initial(Duration::from_millis(50))
-        .max(Duration::from_millis(300))
-}
-
 /// Whether the listener's current backend is encrypted, as the server sees it.
 async fn is_encrypted(server: &'static TlsServer, listener: &Listener) -> bool {
     // The task publishes the pid as soon as it runs.
@@ -168,7 +159,7 @@ fn expect_error(result: pglisten::Result<Listener>, kind: ErrorKind, needle: &st
     match result {
         Ok(_) => panic!("expected an error of kind {kind:?} containing {needle:?}"),
         Err(e) => {
-            let text = e.to_string();
+            let text = error_report(&e);
             eprintln!("{kind:?}: {text}");
             assert_eq!(e.kind(), kind, "{text}");
             assert!(text.contains(needle), "{needle:?} not in: {text}");
@@ -409,7 +400,7 @@ async fn a_wrong_password_fails_the_first_connect_fast() {
 async fn notifications_flow_and_reconnected_works_over_tls() {
     let server = tls_server().await;
     let listener = Listener::builder(&server.verified_url())
-        .backoff(fast_backoff())
+        .backoff(fast_backoff_up_to(Duration::from_millis(300)))
         .connect()
         .await
         .unwrap();
@@ -444,7 +435,7 @@ async fn the_credentials_hook_serves_a_rotated_password_on_reconnect() {
         &format!("sslmode=verify-full&sslrootcert={}", server.root.display()),
     );
     let listener = Listener::builder(&url)
-        .backoff(fast_backoff())
+        .backoff(fast_backoff_up_to(Duration::from_millis(300)))
         .credentials({
             let (password, calls) = (password.clone(), calls.clone());
             move || {
@@ -601,10 +592,10 @@ async fn secrets_never_leak() {
     shown.push(format!("{builder:?}"));
     let error = builder.connect().await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Authentication);
-    shown.push(format!("{error} {error:?}"));
+    shown.push(format!("{} {error:?}", error_report(&error)));
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
-        shown.push(format!("{cause} {cause:?}"));
+        shown.push(format!("{cause:?}"));
         source = cause.source();
     }
 
@@ -620,7 +611,7 @@ async fn secrets_never_leak() {
             server.client_key.display()
         ),
     ))
-    .backoff(fast_backoff())
+    .backoff(fast_backoff_up_to(Duration::from_millis(300)))
     .credentials({
         let hook_password = hook_password.clone();
         move || {
@@ -645,7 +636,7 @@ async fn secrets_never_leak() {
         }
         shown.push(format!("{event:?}"));
         if let Event::Error(e) = event {
-            shown.push(e.to_string());
+            shown.push(error_report(&e));
         }
     }
     listener.shutdown().await;

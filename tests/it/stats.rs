@@ -1,12 +1,10 @@
 //! What a listener reports about itself (`Listener::stats`), the operator's
 //! `Listener::reconnect`, and the give-up policy of `Backoff`.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
 use pglisten::{Backoff, ErrorKind, Event, Listener, ListenerState, Subscription};
 use pglisten_testkit::StopMode;
@@ -226,7 +224,7 @@ async fn max_attempts_gives_up_with_a_final_closed_error_to_every_subscription()
         );
         let last = errors.last().unwrap();
         assert!(
-            last.to_string().contains("3 failed connection attempts"),
+            error_report(last).contains("3 failed connection attempts"),
             "{last}"
         );
         // The cause is the last failed attempt.

@@ -1,10 +1,8 @@
 //! Connecting, shutting down and dropping.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
 use futures::stream::FusedStream;
 use pglisten::{ErrorKind, Event, Listener, Subscription};
@@ -156,7 +154,7 @@ async fn closed_port_fails_connect_quickly_with_a_clear_error() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
-    let text = err.to_string();
+    let text = error_report(&err);
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
     assert!(!text.contains("hunter2") && !format!("{err:?}").contains("hunter2"));
     // Refused at once, not after the 60 s timeout or a retry loop.
@@ -194,7 +192,7 @@ async fn wrong_password_fails_connect_with_authentication_error() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Authentication, "{err}");
-    for shown in [err.to_string(), format!("{err:?}")] {
+    for shown in [error_report(&err), format!("{err:?}")] {
         assert!(!shown.contains("wrong-pass"), "password leaked: {shown}");
     }
     let builder = Listener::builder(&bad);
@@ -217,7 +215,7 @@ async fn malformed_connection_strings_are_config_errors() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
-    assert!(err.to_string().contains("queue_capacity"));
+    assert!(error_report(&err).contains("queue_capacity"));
 }
 
 #[test]

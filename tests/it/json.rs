@@ -1,9 +1,6 @@
 //! JSON payloads (the `serde` feature): encode, send, receive, decode.
-#![cfg(feature = "serde")]
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use pglisten::{ErrorKind, Listener};
 use serde::{Deserialize, Serialize};
 

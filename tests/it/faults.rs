@@ -4,12 +4,10 @@
 //! Restarts of the server with `-m fast` and `-m immediate` are covered in
 //! `reconnect.rs`; the long mixed-fault run is `soak.rs`.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
 use pglisten::{Backoff, DEFAULT_HEARTBEAT_TIMEOUT, ErrorKind, Event, Listener, ListenerState};
 use pglisten_testkit::{BlackHole, StopMode};

@@ -1,0 +1,23 @@
+//! The integration tests: one binary, one module per area, sharing `support`.
+//!
+//! Every test that needs a server takes the shared throwaway cluster
+//! (`support::shared_url`) or starts one of its own; `DATABASE_URL` replaces the shared
+//! one. Run one area with `cargo test --test it delivery::`.
+
+mod support;
+
+mod alloc;
+mod bad_input;
+mod delivery;
+mod failover;
+mod faults;
+mod idle;
+#[cfg(feature = "serde")]
+mod json;
+mod lifecycle;
+mod pooler;
+mod reconnect;
+mod soak;
+mod stats;
+#[cfg(feature = "tls")]
+mod tls;
