@@ -14,9 +14,11 @@ mod faults;
 mod idle;
 #[cfg(feature = "serde")]
 mod json;
+mod layout;
 mod lifecycle;
 mod pooler;
 mod reconnect;
+mod server_language;
 mod soak;
 mod stats;
 #[cfg(feature = "tls")]
