@@ -35,6 +35,7 @@ fn signed(n: usize) -> i64 {
 
 // SAFETY: every call is forwarded to the system allocator unchanged; the counter is a
 // side effect that never allocates.
+#[allow(unsafe_code, reason = "a counting GlobalAlloc is an unsafe trait impl")]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(signed(layout.size()), Ordering::Relaxed);

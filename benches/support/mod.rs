@@ -378,6 +378,7 @@ impl Drop for Paused {
     }
 }
 
+#[allow(unsafe_code, reason = "kill(2) has no safe wrapper in std")]
 fn signal(pid: i32, sig: libc::c_int) {
     // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
     let rc = unsafe { libc::kill(pid, sig) };
@@ -403,6 +404,7 @@ fn process_state(pid: i32) -> Option<char> {
 
 /// User + system CPU time of the whole process (every thread), from `getrusage`
 /// (microsecond resolution; `/proc/self/stat` counts in 10 ms ticks, too coarse here).
+#[allow(unsafe_code, reason = "getrusage(2) has no safe wrapper in std")]
 pub fn process_cpu() -> Duration {
     // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

@@ -11,6 +11,7 @@
 //! counted. K notifications are drained through a raw tokio-postgres `poll_message` loop
 //! and through a pglisten subscription, after a warm-up batch through each, and the
 //! per-notification averages are compared.
+#![allow(unsafe_code, reason = "a counting GlobalAlloc is an unsafe trait impl")]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
