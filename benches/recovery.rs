@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use pglisten::tokio_postgres::{self, Client, NoTls};
+use pglisten::tokio_postgres::Client;
 use pglisten::{Backoff, Event, Listener, Subscription};
 use support::*;
 
@@ -51,10 +51,7 @@ fn main() {
         let admin_url = db.url().to_owned();
         let ch = channel.clone();
         let mut rig = run_task(&rt, async move {
-            let (killer, connection) = tokio_postgres::connect(&admin_url, NoTls)
-                .await
-                .expect("admin connection");
-            tokio::spawn(connection);
+            let killer = pglisten_testkit::admin(&admin_url).await;
             let raw = RawReceiver::connect(&raw_url, std::slice::from_ref(&ch)).await;
             let listener = Listener::builder(&url)
                 .backoff(Backoff::new().initial(Duration::from_millis(backoff_ms as u64)))

@@ -10,12 +10,10 @@
 
 use std::future::Future;
 use std::sync::OnceLock;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use pglisten::tokio_postgres::tls::NoTlsStream;
-use pglisten::tokio_postgres::{self, AsyncMessage, Client, Connection, NoTls, Socket};
+use pglisten::tokio_postgres::{self, AsyncMessage, Client};
 use pglisten::{Event, Listener, Subscription};
 use sqlx::postgres::PgListener;
 use tokio::runtime::Runtime;
@@ -27,9 +25,9 @@ use tokio::runtime::Runtime;
 /// How big a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// `cargo bench`: the sizes.
+    /// `cargo bench -p pglisten-benches`: the sizes.
     Full,
-    /// `PGLISTEN_BENCH_QUICK=1 cargo bench`: everything in a couple of minutes.
+    /// `PGLISTEN_BENCH_QUICK=1 cargo bench -p pglisten-benches`: everything in a couple of minutes.
     Quick,
     /// Run without `--bench` (as `cargo test --benches` does): tiny sizes, a smoke test.
     Smoke,
@@ -125,24 +123,19 @@ pub fn run_task<T: Send + 'static>(
 // The server
 // ---------------------------------------------------------------------------
 
-/// The database under test: `$DATABASE_URL` (a `postgres://` URL) if set, otherwise a
-/// throwaway testkit cluster that lives as long as this value.
+/// The database under test: `$DATABASE_URL` (a `postgres://` URL) if set, otherwise the
+/// testkit's throwaway cluster shared by this process (it lives until the process exits).
 pub struct Db {
     url: String,
-    cluster: Option<pglisten_testkit::Cluster>,
+    external: bool,
 }
 
 impl Db {
     pub fn start() -> Db {
-        if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-            return Db { url, cluster: None };
-        }
-        let cluster = pglisten_testkit::Cluster::builder()
-            .start()
-            .expect("could not start a throwaway PostgreSQL cluster");
+        let shared = pglisten_testkit::shared();
         Db {
-            url: cluster.url(),
-            cluster: Some(cluster),
+            url: shared.url(),
+            external: shared.is_external(),
         }
     }
 
@@ -186,13 +179,17 @@ impl Db {
             Some(query) => format!("{base}/{name}?{query}"),
             None => format!("{base}/{name}"),
         };
-        Db { url, cluster: None }
+        Db {
+            url,
+            external: self.external,
+        }
     }
 
     pub fn describe(&self) -> String {
-        match &self.cluster {
-            Some(_) => format!("throwaway testkit cluster at {}", self.url),
-            None => "$DATABASE_URL".to_owned(),
+        if self.external {
+            "$DATABASE_URL".to_owned()
+        } else {
+            format!("throwaway testkit cluster at {}", self.url)
         }
     }
 }
@@ -228,15 +225,7 @@ impl Admin {
             .enable_all()
             .build()
             .expect("admin runtime");
-        let client = rt.block_on(async {
-            let (client, connection) = tokio_postgres::connect(url, NoTls)
-                .await
-                .unwrap_or_else(|e| panic!("admin connection to {url}: {e}"));
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            client
-        });
+        let client = rt.block_on(pglisten_testkit::admin(url));
         Admin {
             rt,
             client: std::sync::Arc::new(client),
@@ -484,7 +473,7 @@ impl Meter {
 // The raw tokio-postgres receiver: the floor
 // ---------------------------------------------------------------------------
 
-pub type RawConnection = Connection<Socket, NoTlsStream>;
+pub use pglisten_testkit::{RawConnection, drive};
 
 /// A plain tokio-postgres connection read with `poll_message`, as a hand-written
 /// LISTEN loop would.
@@ -495,9 +484,7 @@ pub struct RawReceiver {
 
 impl RawReceiver {
     pub async fn connect(url: &str, channels: &[String]) -> RawReceiver {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("raw connection to {url}: {e}"));
+        let (client, connection) = pglisten_testkit::raw(url).await;
         let mut raw = RawReceiver { client, connection };
         if !channels.is_empty() {
             let sql: String = channels
@@ -542,28 +529,6 @@ impl RawReceiver {
             }
         }
     }
-}
-
-/// Polls `query` and the connection that does its I/O until the query is done.
-pub async fn drive<T>(
-    connection: &mut RawConnection,
-    query: impl Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, tokio_postgres::Error> {
-    let mut query = std::pin::pin!(query);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = query.as_mut().poll(cx) {
-            return Poll::Ready(result);
-        }
-        loop {
-            match connection.poll_message(cx) {
-                Poll::Ready(Some(Ok(_))) => {}
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return query.as_mut().poll(cx),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    })
-    .await
 }
 
 // ---------------------------------------------------------------------------
