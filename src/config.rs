@@ -30,6 +30,44 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// ```
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where a listener's background task (the code that reads the connection) runs; set
+/// with [`ListenerBuilder::task_placement`](crate::ListenerBuilder::task_placement).
+///
+/// The task must read the connection whatever your code does, or the server's
+/// notification queue fills and heartbeats go unanswered. On a tokio runtime, a consumer
+/// that blocks its thread (`std::thread::sleep`, a blocking client, a long computation)
+/// can hold up the tasks queued on that thread; a task on a thread of its own is never
+/// held up by your code.
+///
+/// ```
+/// use pglisten::{Listener, TaskPlacement};
+///
+/// // A current-thread runtime whose consumers may block: read on a thread of its own.
+/// let builder = Listener::builder("postgres://app@db/app")
+///     .task_placement(TaskPlacement::OwnThread);
+/// # let _ = builder;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TaskPlacement {
+    /// [`OwnThread`](TaskPlacement::OwnThread) when `connect` is called from a
+    /// multi-thread runtime or outside any runtime;
+    /// [`CallerRuntime`](TaskPlacement::CallerRuntime) on a current-thread runtime, where
+    /// a blocked thread stops everything anyway and one thread is what you chose.
+    #[default]
+    Auto,
+    /// A thread of its own (named `pglisten`) with a single-threaded tokio runtime: the
+    /// connection is read, and heartbeats answered, however your tasks behave. Costs one
+    /// thread per listener and a cross-thread wake-up when a consumer that caught up is
+    /// given its next batch.
+    OwnThread,
+    /// A task spawned on the runtime that calls `connect` (which must be a tokio
+    /// runtime). A consumer that blocks a thread of that runtime can stop the connection
+    /// from being read while it blocks: on a multi-thread runtime only when tokio queued
+    /// the task behind it on that thread; on a current-thread runtime always.
+    CallerRuntime,
+}
+
 /// The builder stage: every setting as the user gave it, not yet checked.
 #[derive(Clone)]
 pub(crate) struct Draft {
@@ -43,6 +81,7 @@ pub(crate) struct Draft {
     pub(crate) connect_timeout: Duration,
     pub(crate) heartbeat: HeartbeatConfig,
     pub(crate) self_check: bool,
+    pub(crate) task_placement: TaskPlacement,
 }
 
 impl Draft {
@@ -58,6 +97,7 @@ impl Draft {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             heartbeat: HeartbeatConfig::default(),
             self_check: true,
+            task_placement: TaskPlacement::Auto,
         }
     }
 
@@ -103,6 +143,7 @@ impl Draft {
             queue_capacity: self.queue_capacity,
             backoff: self.backoff,
             heartbeat: self.heartbeat,
+            task_placement: self.task_placement,
         })
     }
 }
@@ -121,6 +162,7 @@ impl fmt::Debug for Draft {
             .field("connect_timeout", &self.connect_timeout)
             .field("heartbeat", &self.heartbeat)
             .field("self_check", &self.self_check)
+            .field("task_placement", &self.task_placement)
             .finish()
     }
 }
@@ -133,6 +175,7 @@ pub(crate) struct ListenerConfig {
     pub(crate) queue_capacity: usize,
     pub(crate) backoff: Backoff,
     pub(crate) heartbeat: HeartbeatConfig,
+    pub(crate) task_placement: TaskPlacement,
 }
 
 impl fmt::Debug for ListenerConfig {
@@ -143,6 +186,7 @@ impl fmt::Debug for ListenerConfig {
             .field("queue_capacity", &self.queue_capacity)
             .field("backoff", &self.backoff)
             .field("heartbeat", &self.heartbeat)
+            .field("task_placement", &self.task_placement)
             .finish_non_exhaustive()
     }
 }

@@ -190,7 +190,7 @@ mod stats;
 
 pub use backoff::Backoff;
 pub use channel::{MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES};
-pub use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY};
+pub use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY, TaskPlacement};
 pub use connect::Credentials;
 pub use error::{Error, ErrorKind, Result};
 pub use fanout::{Event, Notification, ReconnectReport};

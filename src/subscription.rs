@@ -10,7 +10,7 @@ use futures::stream::{FusedStream, Stream};
 use tokio::sync::mpsc;
 
 use crate::fanout::{Event, Mailbox, SubscriptionId};
-use crate::worker::{Command, TaskCell};
+use crate::worker::Command;
 
 /// The events of the channels given to [`Listener::subscribe`](crate::Listener::subscribe):
 /// a [`Stream`] of [`Event`]s that ends only when the listener shuts down.
@@ -20,11 +20,17 @@ use crate::worker::{Command, TaskCell};
 /// [`Event::Lagged`] with the number dropped. Dropping the subscription unsubscribes
 /// (and UNLISTENs channels nobody else wants); it needs no runtime to do so.
 ///
-/// It can be polled anywhere: on the listener's runtime, on another executor, or from a
-/// plain thread. Polled from a task of the listener's runtime, a subscription with
-/// nothing queued reads the next batch from the connection itself when the background
-/// task has more waiting, which saves a task switch per batch while you keep up; the
-/// background task still reads whenever no consumer does.
+/// It can be polled anywhere: on the listener's runtime, on another executor, from a
+/// `spawn_blocking` closure or from a plain thread (`futures::executor::block_on`).
+/// Polling only takes from the subscription's queue: the background task reads the
+/// connection, so a consumer that is slow, or that blocks its thread, never stops the
+/// connection from being read, with one exception. When the task runs on the
+/// consumer's runtime ([`TaskPlacement::CallerRuntime`](crate::TaskPlacement), the
+/// default on a current-thread runtime), a consumer that blocks that runtime's only
+/// thread stops everything, the task included: nothing is read, no heartbeat is
+/// answered (a long block ends in a reconnect and a gap). Use
+/// [`TaskPlacement::OwnThread`](crate::TaskPlacement::OwnThread) there, or move blocking
+/// work to `spawn_blocking`.
 ///
 /// Compose it with the usual stream combinators:
 ///
@@ -53,9 +59,6 @@ pub struct Subscription {
     /// only unread ones count against the queue's capacity.
     unread: usize,
     commands: mpsc::UnboundedSender<Command>,
-    /// The background task's future, polled here when nothing is queued (see
-    /// `worker::cell`).
-    cell: Arc<TaskCell>,
     terminated: bool,
 }
 
@@ -65,7 +68,6 @@ impl Subscription {
         channels: Vec<Arc<str>>,
         mailbox: Arc<Mailbox>,
         commands: mpsc::UnboundedSender<Command>,
-        cell: Arc<TaskCell>,
     ) -> Self {
         Subscription {
             id,
@@ -74,7 +76,6 @@ impl Subscription {
             local: VecDeque::new(),
             unread: 0,
             commands,
-            cell,
             terminated: false,
         }
     }
@@ -100,11 +101,7 @@ impl Stream for Subscription {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let this = self.get_mut();
         if this.local.is_empty() && !this.terminated {
-            let mut taken = this.mailbox.poll_take(cx, &mut this.local);
-            if taken.is_pending() && this.cell.assist() {
-                taken = this.mailbox.poll_take(cx, &mut this.local);
-            }
-            match taken {
+            match this.mailbox.poll_take(cx, &mut this.local) {
                 Poll::Ready(Some(taken)) => this.unread = taken,
                 Poll::Ready(None) => this.terminated = true,
                 Poll::Pending => return Poll::Pending,

@@ -9,9 +9,13 @@ use std::time::Duration;
 use super::Listener;
 use crate::backoff::Backoff;
 use crate::config::Draft;
-use crate::connect::{BoxError, Credentials, CredentialsHook, env_defaults, open_session};
-use crate::error::{Error, ErrorKind, Result};
+use crate::config::TaskPlacement;
+use crate::connect::{BoxError, Credentials, CredentialsHook, env_defaults};
+#[cfg(doc)]
+use crate::error::ErrorKind;
+use crate::error::Result;
 use crate::heartbeat::HeartbeatConfig;
+use crate::worker::{start_connected, start_lazy};
 
 /// Configures and creates a [`Listener`].
 ///
@@ -139,6 +143,30 @@ impl ListenerBuilder {
         self
     }
 
+    /// Where the background task that reads the connection runs: on a thread of its
+    /// own, or as a task of the runtime that calls `connect`. Default:
+    /// [`TaskPlacement::Auto`] (its own thread, except on a current-thread runtime).
+    ///
+    /// Choose [`TaskPlacement::OwnThread`] on a current-thread runtime whose consumers
+    /// may block the thread: the connection is then still read, and heartbeats answered,
+    /// while they block.
+    ///
+    /// The task runs pglisten's code and the [`credentials`](ListenerBuilder::credentials)
+    /// hook, nothing else of yours: the hook runs on that thread (or a worker thread of
+    /// your runtime), never inside your consumers' `poll_next`.
+    ///
+    /// ```
+    /// use pglisten::{Listener, TaskPlacement};
+    ///
+    /// let builder = Listener::builder("postgres://app@db/app")
+    ///     .task_placement(TaskPlacement::OwnThread);
+    /// # let _ = builder;
+    /// ```
+    pub fn task_placement(mut self, placement: TaskPlacement) -> Self {
+        self.draft.task_placement = placement;
+        self
+    }
+
     /// Connects, and returns once the connection is established. Fails fast: an
     /// unreachable server, refused credentials or a bad setting are reported here,
     /// without a retry loop. Once connected, later losses are recovered in the
@@ -151,8 +179,7 @@ impl ListenerBuilder {
     /// ```
     pub async fn connect(self) -> Result<Listener> {
         let config = Arc::new(self.draft.validate()?);
-        let session = open_session(&config.connect).await?;
-        Ok(Listener::spawn(config, Some(session)))
+        Ok(Listener::new(start_connected(config).await?))
     }
 
     /// Returns at once and connects in the background, retrying with backoff until it
@@ -160,8 +187,9 @@ impl ListenerBuilder {
     /// [`Event::Reconnected`](crate::Event::Reconnected) once LISTEN is active, and
     /// connection failures reach them as [`Event::Error`](crate::Event::Error).
     ///
-    /// Must be called within a tokio runtime (an error of kind [`ErrorKind::Config`]
-    /// says so otherwise).
+    /// With [`TaskPlacement::CallerRuntime`] it must be called within a tokio runtime
+    /// (an error of kind [`ErrorKind::Config`] says so otherwise); by default, outside
+    /// a runtime the task gets a thread of its own.
     ///
     /// ```no_run
     /// # async fn run() -> pglisten::Result<()> {
@@ -171,13 +199,7 @@ impl ListenerBuilder {
     /// ```
     pub fn connect_lazy(self) -> Result<Listener> {
         let config = Arc::new(self.draft.validate()?);
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "connect_lazy must be called from within a tokio runtime",
-            ));
-        }
-        Ok(Listener::spawn(config, None))
+        Ok(Listener::new(start_lazy(config)?))
     }
 }
 

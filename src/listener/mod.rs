@@ -11,16 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
 
 use crate::channel::{validate_channel, validate_payload};
-use crate::config::ListenerConfig;
-use crate::connect::Session;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fanout::Mailbox;
-use crate::stats::{ListenerState, Stats, Status};
+use crate::stats::{Stats, Status};
 use crate::subscription::Subscription;
-use crate::worker::{Command, ReadHint, Request, TaskCell, Worker};
+use crate::worker::{Command, Request, Started};
 
 /// A handle to one background task that owns one PostgreSQL connection and LISTENs on
 /// behalf of every [`Subscription`] made from it.
@@ -56,8 +53,6 @@ struct Inner {
     queue_capacity: usize,
     closed: AtomicBool,
     target: String,
-    /// The background task's future, shared with subscriptions.
-    cell: Arc<TaskCell>,
 }
 
 impl fmt::Debug for Listener {
@@ -95,29 +90,19 @@ impl Listener {
         ListenerBuilder::new(url)
     }
 
-    fn spawn(config: Arc<ListenerConfig>, first: Option<Session>) -> Listener {
-        let (commands, receiver) = mpsc::unbounded_channel();
-        let status = Arc::new(Status::default());
-        let span = tracing::info_span!("pglisten", target = config.connect.target());
-        if let Some(session) = &first {
-            // Known now: a caller of `connect` may read them as soon as it returns.
-            status.set_backend_pid(Some(session.backend_pid));
-            status.set_state(ListenerState::Syncing);
-        }
-        let target = config.connect.target().to_owned();
-        let queue_capacity = config.queue_capacity;
-        let read_hint = Arc::new(ReadHint::default());
-        let worker = Worker::new(config, receiver, status.clone(), read_hint.clone());
-        let cell = TaskCell::new(Box::pin(worker.run(first).instrument(span)), read_hint);
-        tokio::spawn(cell.task());
+    fn new(started: Started) -> Listener {
+        let Started {
+            commands,
+            status,
+            config,
+        } = started;
         let inner = Arc::new(Inner {
             commands,
             status,
             next_id: AtomicU64::new(1),
-            queue_capacity,
+            queue_capacity: config.queue_capacity,
             closed: AtomicBool::new(false),
-            target,
-            cell,
+            target: config.connect.target().to_owned(),
         });
         Listener { inner }
     }
@@ -182,13 +167,7 @@ impl Listener {
             .map_err(|_| Error::closed())?;
         // From here on, dropping the subscription (also by cancelling this future)
         // unsubscribes.
-        let subscription = Subscription::new(
-            id,
-            names,
-            mailbox,
-            self.inner.commands.clone(),
-            self.inner.cell.clone(),
-        );
+        let subscription = Subscription::new(id, names, mailbox, self.inner.commands.clone());
         match acked.await {
             Ok(Ok(())) => Ok(subscription),
             Ok(Err(error)) => Err(error),

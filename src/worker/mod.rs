@@ -15,20 +15,20 @@
 //! (awaiting `Connection` as a future would discard notifications), and every message it
 //! has ready is drained into one batch before the subscriptions are handed their share.
 //!
-//! The task's future lives in a [`TaskCell`] (`cell.rs`): a subscription that has read
-//! everything queued for it, while the connection may still hold data, polls that same
-//! future in its own task (with this task's waker) and reads the next batch itself,
-//! instead of waiting for this task to run and hand it over.
+//! Only this task polls its future, on the thread `launch.rs` placed it on (its own, or
+//! a worker of the caller's runtime); consumers only take from their queues. So the
+//! connection is read whatever a consumer does, and user code the task runs (the
+//! credentials hook) runs here, never inside a consumer's `poll_next`.
 //!
 //! This module holds the task's life and its disconnected half (backoff, reconnect,
-//! give-up); `serve.rs` holds the connected half.
+//! give-up); `serve.rs` holds the connected half; `launch.rs` starts it.
 
-mod cell;
 mod command;
+mod launch;
 mod serve;
 
-pub(crate) use cell::{ReadHint, TaskCell};
 pub(crate) use command::{Command, Request};
+pub(crate) use launch::{Started, start_connected, start_lazy};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -91,13 +91,10 @@ pub(crate) struct Worker {
     queue_alarm: QueueUsageAlarm,
     /// The last error of the current outage, for the give-up message.
     last_error: Option<Error>,
-    /// On a current-thread runtime consumers cannot run until this task yields: yield
-    /// after handing over each bounded batch, so they read (and free) it while it is
-    /// still in cache. On a multi-thread runtime they run beside it. (A consumer
-    /// polling the future through the cell always stops after one batch.)
+    /// Spawned on a current-thread runtime, consumers cannot run until this task
+    /// yields: yield after handing over each bounded batch, so they read (and free) it
+    /// while it is still in cache. Elsewhere they run beside it.
     yield_between_batches: bool,
-    /// Tells consumers whether the last read stopped with data possibly left.
-    read_hint: Arc<ReadHint>,
 }
 
 impl Worker {
@@ -105,10 +102,9 @@ impl Worker {
         config: Arc<ListenerConfig>,
         commands: mpsc::UnboundedReceiver<Command>,
         status: Arc<Status>,
-        read_hint: Arc<ReadHint>,
+        yield_between_batches: bool,
     ) -> Self {
         Worker {
-            read_hint,
             backoff: BackoffSchedule::new(config.backoff, SplitMix64::from_entropy().next_u64()),
             config,
             commands,
@@ -119,10 +115,7 @@ impl Worker {
             outage_since: None,
             queue_alarm: QueueUsageAlarm::default(),
             last_error: None,
-            yield_between_batches: matches!(
-                tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
-                Ok(tokio::runtime::RuntimeFlavor::CurrentThread)
-            ),
+            yield_between_batches,
         }
     }
 

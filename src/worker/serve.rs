@@ -19,6 +19,16 @@ use crate::fanout::{FlushTotals, SyncPlan};
 use crate::heartbeat::{self, AlarmChange};
 use crate::stats::ListenerState;
 
+/// How far one call of `poll_messages` reads.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// Until nothing is ready, the cooperative budget runs out, or (spawned on a
+    /// current-thread runtime) a batch is full.
+    Serving,
+    /// Shutting down: until nothing is ready, or `until` has passed.
+    Final { until: Instant },
+}
+
 /// The in-flight LISTEN/UNLISTEN batch.
 struct SyncOp {
     query: Query<()>,
@@ -90,8 +100,6 @@ impl Worker {
             last_heartbeat: None,
         };
         let exit = std::future::poll_fn(|cx| self.poll_serve(cx, &mut serving)).await;
-        // Nothing is left for consumers to read on this connection.
-        self.read_hint.set(false);
         match exit {
             Exit::Lost(error) => {
                 // Their subscriptions are registered: they will get `Reconnected`.
@@ -104,13 +112,7 @@ impl Worker {
                 for ack in serving.pending_acks() {
                     let _ = ack.send(Err(Error::closed()));
                 }
-                // Deliver what has already reached us (without waiting for more), so the
-                // streams end after everything the listener received.
-                std::future::poll_fn(|cx| {
-                    let _ = self.poll_messages(cx, &mut serving);
-                    Poll::Ready(())
-                })
-                .await;
+                self.final_drain(&mut serving).await;
                 self.registry.close_all();
                 let Serving {
                     session,
@@ -164,7 +166,7 @@ impl Worker {
                 return Poll::Ready(exit);
             }
 
-            if let Some(exit) = self.poll_messages(cx, s) {
+            if let Some(exit) = self.poll_messages(cx, s, Reading::Serving) {
                 return Poll::Ready(exit);
             }
 
@@ -373,8 +375,28 @@ impl Worker {
         s.last_heartbeat = Some(now);
     }
 
-    /// Reads every message the connection has ready and delivers the batch.
-    fn poll_messages(&mut self, cx: &mut Context<'_>, s: &mut Serving) -> Option<Exit> {
+    /// Shutting down: delivers everything that reached the socket before `shutdown` was
+    /// called. Reads until the connection has nothing ready, outside tokio's cooperative
+    /// budget and without stopping between batches; bounded by the connect timeout, so a
+    /// server that never stops sending cannot hold `shutdown` up.
+    async fn final_drain(&mut self, s: &mut Serving) {
+        let until = Instant::now() + self.config.connect.attempt_timeout();
+        tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
+            // Whatever it ends with (nothing ready, the deadline, a lost connection),
+            // the streams end next.
+            let _ = self.poll_messages(cx, s, Reading::Final { until });
+            Poll::Ready(())
+        }))
+        .await;
+    }
+
+    /// Reads the messages the connection has ready and delivers them in bounded batches.
+    fn poll_messages(
+        &mut self,
+        cx: &mut Context<'_>,
+        s: &mut Serving,
+        reading: Reading,
+    ) -> Option<Exit> {
         let mut received = 0u64;
         let exit = loop {
             match s.session.messages.poll_next_unpin(cx) {
@@ -389,12 +411,18 @@ impl Worker {
                     if self.registry.batch_full() {
                         let totals = self.registry.flush(log_lag);
                         self.count(totals);
-                        // A consumer polling through the cell takes its batch now; the
-                        // wake-up keeps this task reading should it not come back.
-                        if self.yield_between_batches || self.read_hint.assisting() {
-                            cx.waker().wake_by_ref();
-                            self.read_hint.set(true);
-                            break None;
+                        match reading {
+                            Reading::Serving if self.yield_between_batches => {
+                                // Read on after the consumers have run.
+                                cx.waker().wake_by_ref();
+                                break None;
+                            }
+                            Reading::Serving => {}
+                            Reading::Final { until } => {
+                                if Instant::now() >= until {
+                                    break None;
+                                }
+                            }
                         }
                     }
                 }
@@ -402,17 +430,13 @@ impl Worker {
                     debug!(code = notice.code().code(), %notice, "server notice");
                 }
                 Poll::Ready(Some(Ok(_))) => {}
-                // `serve` clears the read hint once the exit is returned.
                 Poll::Ready(Some(Err(e))) => {
                     break Some(Exit::Lost(connection_lost(Some(e))));
                 }
                 Poll::Ready(None) => break Some(Exit::Lost(connection_lost(None))),
-                Poll::Pending => {
-                    // Out of cooperative budget, the connection may still be readable.
-                    self.read_hint
-                        .set(!tokio::task::coop::has_budget_remaining());
-                    break None;
-                }
+                // Nothing ready (or, while serving, the cooperative budget ran out: tokio
+                // wakes the task again).
+                Poll::Pending => break None,
             }
         };
         // What arrived before a loss is delivered before the loss is announced.

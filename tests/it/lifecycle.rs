@@ -219,9 +219,44 @@ async fn malformed_connection_strings_are_config_errors() {
 }
 
 #[test]
-fn connect_lazy_outside_a_runtime_is_an_error_not_a_panic() {
+fn outside_a_runtime_the_listener_runs_on_its_own_thread() {
+    use futures::executor::block_on;
+    // No tokio runtime anywhere in this test: the listener brings its own.
+    let url = shared_url();
+    let channel = unique("no_runtime");
+    let listener = Listener::builder(&url).connect_lazy().unwrap();
+    let events = block_on(listener.subscribe([&channel])).unwrap();
+    let (events, first) = on_plain_thread(move || {
+        let mut events = events;
+        let first = block_on(events.next());
+        (events, first)
+    });
+    assert!(matches!(first, Some(Event::Reconnected(_))), "{first:?}");
+    block_on(listener.notify(&channel, "from a plain thread")).unwrap();
+    let (events, note) = on_plain_thread(move || {
+        let mut events = events;
+        let note = block_on(events.next());
+        (events, note)
+    });
+    let note = note
+        .and_then(Event::into_notification)
+        .expect("a notification");
+    assert_eq!(note.payload(), "from a plain thread");
+    block_on(listener.shutdown());
+    let (_, end) = on_plain_thread(move || {
+        let mut events = events;
+        let end = block_on(events.next());
+        (events, end)
+    });
+    assert!(end.is_none(), "{end:?}");
+}
+
+#[test]
+fn caller_runtime_placement_outside_a_runtime_is_an_error_not_a_panic() {
     let err = Listener::builder("postgres://app@127.0.0.1:1/app")
+        .task_placement(pglisten::TaskPlacement::CallerRuntime)
         .connect_lazy()
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("CallerRuntime"), "{err}");
 }

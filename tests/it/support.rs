@@ -105,6 +105,18 @@ pub fn shared_url() -> String {
     pglisten_testkit::shared().url()
 }
 
+/// Runs `f` on a plain thread (no runtime there) and returns what it returns; fails the
+/// test if that takes longer than [`WAIT`] (the thread is then left behind).
+pub fn on_plain_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    result
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|e| panic!("a plain thread did not finish within {WAIT:?}: {e}"))
+}
+
 /// Starts a throwaway cluster of the test's own (for tests that stop or restart it).
 pub async fn own_cluster() -> pglisten_testkit::Cluster {
     tokio::task::spawn_blocking(pglisten_testkit::Cluster::start)

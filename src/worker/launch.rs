@@ -1,0 +1,202 @@
+//! Where the background task runs (see [`TaskPlacement`]): on a thread of its own with a
+//! single-threaded tokio runtime, or as a task of the caller's runtime. Either way the
+//! caller gets the same handles back.
+//!
+//! On a thread of its own the task owns every socket and timer it uses: the first
+//! connection is made there too, because a socket belongs to the runtime whose reactor
+//! registered it.
+
+use std::sync::Arc;
+
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::{Command, Worker};
+use crate::config::{ListenerConfig, TaskPlacement};
+use crate::connect::{Session, open_session};
+use crate::error::{Error, ErrorKind, Result};
+use crate::stats::{ListenerState, Status};
+
+/// What a handle needs to talk to a started task.
+pub(crate) struct Started {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) status: Arc<Status>,
+    pub(crate) config: Arc<ListenerConfig>,
+}
+
+/// [`TaskPlacement`] resolved against where `connect` was called.
+enum Place {
+    OwnThread,
+    Caller(Handle),
+}
+
+impl Place {
+    fn resolve(placement: TaskPlacement) -> Result<Place> {
+        let current = Handle::try_current().ok();
+        match (placement, current) {
+            (TaskPlacement::CallerRuntime, Some(handle)) => Ok(Place::Caller(handle)),
+            (TaskPlacement::CallerRuntime, None) => Err(Error::new(
+                ErrorKind::Config,
+                "TaskPlacement::CallerRuntime needs connect to be called from within a tokio \
+                 runtime; call it inside one, or choose TaskPlacement::OwnThread",
+            )),
+            (TaskPlacement::Auto, Some(handle))
+                if handle.runtime_flavor() == RuntimeFlavor::CurrentThread =>
+            {
+                Ok(Place::Caller(handle))
+            }
+            _ => Ok(Place::OwnThread),
+        }
+    }
+}
+
+/// The worker and the handles to it, before it runs.
+fn prepare(config: &Arc<ListenerConfig>, place: &Place) -> (Worker, Started) {
+    let (commands, receiver) = mpsc::unbounded_channel();
+    let status = Arc::new(Status::default());
+    // Alone on a current-thread runtime, consumers run only when the task yields.
+    let yield_between_batches = match place {
+        Place::Caller(handle) => handle.runtime_flavor() == RuntimeFlavor::CurrentThread,
+        Place::OwnThread => false,
+    };
+    let worker = Worker::new(
+        config.clone(),
+        receiver,
+        status.clone(),
+        yield_between_batches,
+    );
+    let started = Started {
+        commands,
+        status,
+        config: config.clone(),
+    };
+    (worker, started)
+}
+
+/// Connects (failing fast, as `ListenerBuilder::connect` promises), then starts the
+/// task with that connection.
+pub(crate) async fn start_connected(config: Arc<ListenerConfig>) -> Result<Started> {
+    let place = Place::resolve(config.task_placement)?;
+    let (worker, started) = prepare(&config, &place);
+    match place {
+        Place::Caller(handle) => {
+            let session = open_session(&config.connect).await?;
+            announce(&started.status, &session);
+            handle.spawn(run(worker, Some(session), &config));
+        }
+        Place::OwnThread => {
+            let (reply, connected) = oneshot::channel();
+            let status = started.status.clone();
+            let first = {
+                let config = config.clone();
+                async move {
+                    match open_session(&config.connect).await {
+                        Ok(session) => {
+                            announce(&status, &session);
+                            // The caller gave up waiting (its future was dropped): stop.
+                            reply.send(Ok(())).ok().map(|()| session)
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                            None
+                        }
+                    }
+                }
+            };
+            let task = {
+                let config = config.clone();
+                async move {
+                    if let Some(session) = first.await {
+                        run(worker, Some(session), &config).await;
+                    }
+                }
+            };
+            spawn_thread(&config, task)?;
+            match connected.await {
+                Ok(result) => result?,
+                // The thread ended without answering: it panicked (the panic hook has
+                // reported it).
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Closed,
+                        "the listener's thread stopped while connecting",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// Starts the task without a connection: it connects in the background.
+pub(crate) fn start_lazy(config: Arc<ListenerConfig>) -> Result<Started> {
+    let place = Place::resolve(config.task_placement)?;
+    let (worker, started) = prepare(&config, &place);
+    match place {
+        Place::Caller(handle) => {
+            handle.spawn(run(worker, None, &config));
+        }
+        Place::OwnThread => {
+            let task = run(worker, None, &config);
+            spawn_thread(&config, task)?;
+        }
+    }
+    Ok(started)
+}
+
+/// Known as soon as `connect` returns: a caller may read them at once.
+fn announce(status: &Status, session: &Session) {
+    status.set_backend_pid(Some(session.backend_pid));
+    status.set_state(ListenerState::Syncing);
+}
+
+/// The task's whole life, in the listener's span.
+fn run(
+    worker: Worker,
+    first: Option<Session>,
+    config: &ListenerConfig,
+) -> impl Future<Output = ()> + Send + 'static {
+    let span = tracing::info_span!("pglisten", target = config.connect.target());
+    worker.run(first).instrument(span)
+}
+
+/// Runs `task` on a new thread with a runtime of its own. The thread logs through the
+/// caller's current `tracing` dispatcher, so a subscriber set for the caller's scope
+/// sees the task's events too.
+fn spawn_thread(
+    config: &ListenerConfig,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::Connect,
+                "could not create the listener's runtime (the system refused a timer or an \
+                 I/O driver): the process may be out of file descriptors",
+                e,
+            )
+        })?;
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    std::thread::Builder::new()
+        .name("pglisten".to_owned())
+        .spawn(move || {
+            let _logging = tracing::dispatcher::set_default(&dispatch);
+            runtime.block_on(task);
+        })
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::Connect,
+                format!(
+                    "could not start the listener's thread for {} (the system refused a new \
+                     thread): raise the process's thread limit, or choose \
+                     TaskPlacement::CallerRuntime",
+                    config.connect.target()
+                ),
+                e,
+            )
+        })?;
+    Ok(())
+}
