@@ -572,6 +572,7 @@ impl Receiver {
             _ => {
                 let listener = Listener::builder(url)
                     .queue_capacity(capacity)
+                    .task_placement(task_placement())
                     .connect()
                     .await
                     .expect("pglisten connect");
@@ -621,6 +622,19 @@ impl Receiver {
             }
         }
         lagged
+    }
+}
+
+/// Where pglisten's task runs: `PGLISTEN_BENCH_PLACEMENT` = `auto` (default),
+/// `own_thread` or `caller_runtime`.
+pub fn task_placement() -> pglisten::TaskPlacement {
+    match std::env::var("PGLISTEN_BENCH_PLACEMENT").as_deref() {
+        Ok("own_thread") => pglisten::TaskPlacement::OwnThread,
+        Ok("caller_runtime") => pglisten::TaskPlacement::CallerRuntime,
+        Ok("auto") | Err(_) => pglisten::TaskPlacement::Auto,
+        Ok(other) => {
+            panic!("PGLISTEN_BENCH_PLACEMENT={other}: expected auto, own_thread or caller_runtime")
+        }
     }
 }
 

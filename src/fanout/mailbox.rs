@@ -36,6 +36,20 @@ pub(crate) struct Delivery {
     /// This delivery queued a notification again after an episode of drops: the
     /// number dropped in the whole episode.
     pub(crate) lag_ended: Option<u64>,
+    /// The consumer is parked and was not woken ([`Wake::Later`]): call
+    /// [`Mailbox::wake`] once the read stops.
+    pub(crate) wake_owed: bool,
+}
+
+/// When [`Mailbox::deliver_with`] wakes a parked consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// At once.
+    Now,
+    /// Once the queue is half full; otherwise the caller owes a [`Mailbox::wake`] when
+    /// it stops reading. A consumer on another thread is then woken once per read
+    /// instead of once per batch: each cross-thread wake-up costs more than a batch.
+    Later,
 }
 
 #[derive(Debug)]
@@ -84,10 +98,18 @@ impl Mailbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends a batch of notifications, dropping what does not fit.
-    pub(crate) fn deliver(
+    /// Appends a batch of notifications, dropping what does not fit, and wakes a
+    /// parked consumer.
+    pub(crate) fn deliver(&self, batch: impl ExactSizeIterator<Item = Notification>) -> Delivery {
+        self.deliver_with(batch, Wake::Now)
+    }
+
+    /// Appends a batch of notifications, dropping what does not fit; wakes a parked
+    /// consumer as `wake` says.
+    pub(crate) fn deliver_with(
         &self,
         mut batch: impl ExactSizeIterator<Item = Notification>,
+        wake: Wake,
     ) -> Delivery {
         let mut delivery = Delivery::default();
         let waker = {
@@ -125,9 +147,12 @@ impl Mailbox {
                     delivery.queued += 1;
                 }
             }
-            if delivery.queued > 0 {
+            if delivery.queued == 0 || state.waker.is_none() {
+                None
+            } else if wake == Wake::Now || 2 * (state.queued + unread) >= state.capacity {
                 state.waker.take()
             } else {
+                delivery.wake_owed = true;
                 None
             }
         };
@@ -135,6 +160,14 @@ impl Mailbox {
             waker.wake();
         }
         delivery
+    }
+
+    /// Wakes the consumer if it is parked (see [`Wake::Later`]).
+    pub(crate) fn wake(&self) {
+        let waker = self.lock().waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Appends an `Error` or `Reconnected` event, coalescing unread ones (see module docs).

@@ -12,5 +12,5 @@ mod mailbox;
 mod registry;
 
 pub use event::{Event, Notification, ReconnectReport};
-pub(crate) use mailbox::Mailbox;
+pub(crate) use mailbox::{Mailbox, Wake};
 pub(crate) use registry::{FlushTotals, LagChange, Registry, SubscriptionId, SyncPlan};

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::block::{self, BlockBuilder};
 use super::event::{Event, Notification};
-use super::mailbox::{Delivery, Mailbox};
+use super::mailbox::{Delivery, Mailbox, Wake};
 
 /// Identifies a subscription for the lifetime of its listener.
 pub(crate) type SubscriptionId = u64;
@@ -114,6 +114,8 @@ struct Entry {
     /// Notifications that arrived while `gap_since` was set: released right after the
     /// `Reconnected`, which must come first.
     held: Vec<Notification>,
+    /// In `Registry::wake_pending`.
+    wake_pending: bool,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +130,8 @@ pub(crate) struct Registry {
     confirmed: HashSet<Arc<str>, BuildHasherDefault<FxHasher>>,
     /// Slots with staged notifications.
     touched: Vec<usize>,
+    /// Slots whose parked consumer a [`Wake::Later`] flush did not wake yet.
+    wake_pending: Vec<usize>,
     /// The text of the notifications routed since the last flush.
     block: BlockBuilder,
     /// The wanted or confirmed set changed since `plan` last found nothing to do. Keeps
@@ -177,6 +181,7 @@ impl Registry {
             staged: Vec::new(),
             gap_since,
             held: Vec::new(),
+            wake_pending: false,
         });
     }
 
@@ -202,6 +207,7 @@ impl Registry {
             self.owed -= 1;
         }
         self.touched.retain(|&s| s != slot);
+        self.wake_pending.retain(|&s| s != slot);
         self.free_slots.push(slot);
         entry.mailbox.close();
     }
@@ -378,9 +384,11 @@ impl Registry {
     }
 
     /// Hands every staged batch to its mailbox: one lock and at most one wake-up per
-    /// subscription. `on_lag` hears of lag episodes starting and ending.
+    /// subscription, now or (with [`Wake::Later`]) at [`Registry::wake_owed`].
+    /// `on_lag` hears of lag episodes starting and ending.
     pub(crate) fn flush(
         &mut self,
+        wake: Wake,
         mut on_lag: impl FnMut(SubscriptionId, LagChange),
     ) -> FlushTotals {
         let mut totals = FlushTotals::default();
@@ -409,11 +417,25 @@ impl Registry {
                 // Owed a Reconnected: that must come first.
                 entry.held.extend(notifications);
             } else {
-                let delivery = entry.mailbox.deliver(notifications);
+                let delivery = entry.mailbox.deliver_with(notifications, wake);
+                if delivery.wake_owed && !entry.wake_pending {
+                    entry.wake_pending = true;
+                    self.wake_pending.push(slot);
+                }
                 totals.add(entry.id, delivery, &mut on_lag);
             }
         }
         totals
+    }
+
+    /// Wakes the consumers that [`Wake::Later`] flushes left parked.
+    pub(crate) fn wake_owed(&mut self) {
+        for slot in self.wake_pending.drain(..) {
+            if let Some(entry) = self.slots[slot].as_mut() {
+                entry.wake_pending = false;
+                entry.mailbox.wake();
+            }
+        }
     }
 
     /// Ends every subscription's stream (after what it has buffered).
@@ -593,7 +615,7 @@ mod tests {
         assert!(r.route(("a", "1")));
         assert!(r.route(("b", "2")));
         assert!(!r.route(("zzz", "3")));
-        let totals = r.flush(|_, _| {});
+        let totals = r.flush(Wake::Now, |_, _| {});
         assert_eq!(
             totals,
             FlushTotals {
@@ -615,12 +637,12 @@ mod tests {
         r.route(("a", "1b"));
         r.add(2, names(&["a"]), m2.clone(), None);
         r.route(("a", "2")); // must reach both now
-        r.flush(|_, _| {});
+        r.flush(Wake::Now, |_, _| {});
         assert_eq!(payloads(&drain(&m1)), ["a:1", "a:1b", "a:2"]);
         r.remove(1);
         r.route(("a", "3")); // only the second is left
         assert!(!r.route(("b", "x"))); // nobody
-        r.flush(|_, _| {});
+        r.flush(Wake::Now, |_, _| {});
         assert_eq!(payloads(&drain(&m2)), ["a:2", "a:3"]);
     }
 
@@ -631,7 +653,7 @@ mod tests {
         r.add(1, names(&["a"]), m1.clone(), None);
         r.add(2, names(&["a"]), m2.clone(), None);
         r.route(("a", "payload"));
-        r.flush(|_, _| {});
+        r.flush(Wake::Now, |_, _| {});
         let (e1, e2) = (drain(&m1), drain(&m2));
         let (Event::Notification(n1), Event::Notification(n2)) = (&e1[0], &e2[0]) else {
             panic!("expected notifications: {e1:?} {e2:?}");
@@ -651,7 +673,7 @@ mod tests {
                 r.route(("quiet", &*format!("q{i}")));
             }
         }
-        r.flush(|_, _| {});
+        r.flush(Wake::Now, |_, _| {});
         let quiet_events = drain(&quiet);
         assert_eq!(payloads(&quiet_events), ["quiet:q0", "quiet:q50"]);
         for event in &quiet_events {
@@ -681,7 +703,7 @@ mod tests {
         for i in 0..3 {
             r.route(("a", i.to_string().as_str()));
         }
-        let totals = r.flush(|id, change| changes.push((id, change)));
+        let totals = r.flush(Wake::Now, |id, change| changes.push((id, change)));
         assert_eq!(
             totals,
             FlushTotals {
@@ -690,11 +712,11 @@ mod tests {
             }
         );
         r.route(("a", "more"));
-        r.flush(|id, change| changes.push((id, change)));
+        r.flush(Wake::Now, |id, change| changes.push((id, change)));
         assert_eq!(changes, [(7, LagChange::Started)]);
         drain(&m); // the consumer catches up
         r.route(("a", "fits again"));
-        r.flush(|id, change| changes.push((id, change)));
+        r.flush(Wake::Now, |id, change| changes.push((id, change)));
         assert_eq!(changes, [(7, LagChange::Started), (7, LagChange::Ended(3))]);
     }
 
@@ -728,7 +750,7 @@ mod tests {
         r.add(1, names(&["a"]), owed.clone(), Some(t0));
         r.add(2, names(&["a"]), fine.clone(), None);
         r.route(("a", "early"));
-        r.flush(|_, _| {});
+        r.flush(Wake::Now, |_, _| {});
         assert!(drain(&owed).is_empty(), "held back until Reconnected");
         assert_eq!(payloads(&drain(&fine)), ["a:early"]);
         let (told, totals) = r.announce_reconnected(t0, 1, &Arc::from("db:5432"), |_, _| {});
@@ -781,7 +803,7 @@ mod tests {
         r.add(1, names(&["a"]), m.clone(), None);
         r.route(("a", "x"));
         r.remove(1);
-        assert_eq!(r.flush(|_, _| {}), FlushTotals::default());
+        assert_eq!(r.flush(Wake::Now, |_, _| {}), FlushTotals::default());
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(
             m.poll_take(&mut cx, &mut VecDeque::new()),

@@ -15,7 +15,7 @@ use super::command::Running;
 use super::{Ack, Exit, Next, Phase, Query, Worker, log_lag};
 use crate::connect::{Session, close_gracefully, connection_lost};
 use crate::error::{Chain, Error, ErrorKind, Result};
-use crate::fanout::{FlushTotals, SyncPlan};
+use crate::fanout::{FlushTotals, SyncPlan, Wake};
 use crate::heartbeat::{self, AlarmChange};
 use crate::stats::ListenerState;
 
@@ -409,7 +409,7 @@ impl Worker {
                     // still in cache (BENCHMARKS.md, "How the hot path got here", steps
                     // 5 and 8).
                     if self.registry.batch_full() {
-                        let totals = self.registry.flush(log_lag);
+                        let totals = self.registry.flush(self.wake(), log_lag);
                         self.count(totals);
                         match reading {
                             Reading::Serving if self.yield_between_batches => {
@@ -440,10 +440,22 @@ impl Worker {
             }
         };
         // What arrived before a loss is delivered before the loss is announced.
-        let totals = self.registry.flush(log_lag);
+        let totals = self.registry.flush(self.wake(), log_lag);
         self.count(totals);
+        self.registry.wake_owed();
         self.status.add_received(received);
         exit
+    }
+
+    /// Spawned on a current-thread runtime the task yields after each batch, so its
+    /// consumers must be woken at once; elsewhere a consumer that caught up is woken
+    /// once per read (or when its queue is half full), not once per batch.
+    fn wake(&self) -> Wake {
+        if self.yield_between_batches {
+            Wake::Now
+        } else {
+            Wake::Later
+        }
     }
 
     fn count(&self, totals: FlushTotals) {

@@ -16,6 +16,7 @@ mod idle;
 mod json;
 mod layout;
 mod lifecycle;
+mod misbehaving;
 mod pooler;
 mod reconnect;
 mod server_language;
