@@ -808,3 +808,20 @@ pub fn criterion_rounds<R>(
     g.finish();
     results
 }
+
+// ---------------------------------------------------------------------------
+// A clock shared between processes (process_drain)
+// ---------------------------------------------------------------------------
+
+/// `CLOCK_MONOTONIC` in nanoseconds. Unlike [`Instant`] (the same clock, but opaque), its
+/// value can cross a process boundary: a parent and its child on this machine can time
+/// one stretch between them (the parent's SIGCONT to the child's last notification).
+#[allow(unsafe_code, reason = "clock_gettime(2) has no safe wrapper in std")]
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: an all-zero `timespec` is a valid value of this plain C struct.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid, writable `timespec` for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime: {}", std::io::Error::last_os_error());
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
