@@ -452,6 +452,7 @@ async fn drain_raw(url: &str, channel: &str, n: u64) -> Drained {
 async fn drain_pglisten(url: &str, channel: &str, n: u64) -> Drained {
     let listener = Listener::builder(url)
         .queue_capacity(QUEUE_CAPACITY)
+        .task_placement(task_placement())
         .connect()
         .await
         .expect("pglisten connect");

@@ -12,7 +12,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::{Command, Worker};
+use super::{Command, Worker, batches_per_poll};
 use crate::config::{ListenerConfig, TaskPlacement};
 use crate::connect::{Session, open_session};
 use crate::error::{Error, ErrorKind, Result};
@@ -55,17 +55,11 @@ impl Place {
 fn prepare(config: &Arc<ListenerConfig>, place: &Place) -> (Worker, Started) {
     let (commands, receiver) = mpsc::unbounded_channel();
     let status = Arc::new(Status::default());
-    // Alone on a current-thread runtime, consumers run only when the task yields.
-    let yield_between_batches = match place {
-        Place::Caller(handle) => handle.runtime_flavor() == RuntimeFlavor::CurrentThread,
-        Place::OwnThread => false,
-    };
-    let worker = Worker::new(
-        config.clone(),
-        receiver,
-        status.clone(),
-        yield_between_batches,
-    );
+    let batches_per_poll = batches_per_poll(match place {
+        Place::Caller(handle) => Some(handle.runtime_flavor()),
+        Place::OwnThread => None,
+    });
+    let worker = Worker::new(config.clone(), receiver, status.clone(), batches_per_poll);
     let started = Started {
         commands,
         status,
@@ -158,7 +152,8 @@ fn run(
     config: &ListenerConfig,
 ) -> impl Future<Output = ()> + Send + 'static {
     let span = tracing::info_span!("pglisten", target = config.connect.target());
-    worker.run(first).instrument(span)
+    // Outside the cooperative budget: the task yields by itself (see `batches_per_poll`).
+    tokio::task::coop::unconstrained(worker.run(first).instrument(span))
 }
 
 /// Runs `task` on a new thread with a runtime of its own. The thread logs through the

@@ -91,10 +91,9 @@ pub(crate) struct Worker {
     queue_alarm: QueueUsageAlarm,
     /// The last error of the current outage, for the give-up message.
     last_error: Option<Error>,
-    /// Spawned on a current-thread runtime, consumers cannot run until this task
-    /// yields: yield after handing over each bounded batch, so they read (and free) it
-    /// while it is still in cache. Elsewhere they run beside it.
-    yield_between_batches: bool,
+    /// How many batches one poll reads before the task yields (see
+    /// [`batches_per_poll`]).
+    batches_per_poll: u32,
 }
 
 impl Worker {
@@ -102,7 +101,7 @@ impl Worker {
         config: Arc<ListenerConfig>,
         commands: mpsc::UnboundedReceiver<Command>,
         status: Arc<Status>,
-        yield_between_batches: bool,
+        batches_per_poll: u32,
     ) -> Self {
         Worker {
             backoff: BackoffSchedule::new(config.backoff, SplitMix64::from_entropy().next_u64()),
@@ -115,7 +114,7 @@ impl Worker {
             outage_since: None,
             queue_alarm: QueueUsageAlarm::default(),
             last_error: None,
-            yield_between_batches,
+            batches_per_poll,
         }
     }
 
@@ -308,6 +307,24 @@ impl Worker {
             let _ = done.send(());
         }
         info!("listener stopped");
+    }
+}
+
+/// How many batches the task reads per poll before it yields, on a runtime of this
+/// flavor shared with consumers (`None`: a thread of its own).
+///
+/// The task runs outside tokio's cooperative budget and yields by itself: tokio defers
+/// the wake-up of a task that ran out of budget until its worker thread is idle, so a
+/// consumer blocking that thread would hold the task, unread socket and unanswered
+/// heartbeats included, for as long as it blocks. A task that wakes itself is queued
+/// where another worker can take it.
+///
+/// On a current-thread runtime consumers run only when the task yields: one batch per
+/// poll, so that they read (and free) it while it is still in cache.
+pub(crate) fn batches_per_poll(shared_with: Option<tokio::runtime::RuntimeFlavor>) -> u32 {
+    match shared_with {
+        Some(tokio::runtime::RuntimeFlavor::CurrentThread) => 1,
+        _ => 16,
     }
 }
 

@@ -22,8 +22,7 @@ use crate::stats::ListenerState;
 /// How far one call of `poll_messages` reads.
 #[derive(Clone, Copy)]
 enum Reading {
-    /// Until nothing is ready, the cooperative budget runs out, or (spawned on a
-    /// current-thread runtime) a batch is full.
+    /// Until nothing is ready or `Worker::batches_per_poll` batches were read.
     Serving,
     /// Shutting down: until nothing is ready, or `until` has passed.
     Final { until: Instant },
@@ -398,6 +397,7 @@ impl Worker {
         reading: Reading,
     ) -> Option<Exit> {
         let mut received = 0u64;
+        let mut batches = 0u32;
         let exit = loop {
             match s.session.messages.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
@@ -411,9 +411,11 @@ impl Worker {
                     if self.registry.batch_full() {
                         let totals = self.registry.flush(self.wake(), log_lag);
                         self.count(totals);
+                        batches += 1;
                         match reading {
-                            Reading::Serving if self.yield_between_batches => {
-                                // Read on after the consumers have run.
+                            Reading::Serving if batches >= self.batches_per_poll => {
+                                // Read on after the others have run (queued where
+                                // another worker can take it: see `batches_per_poll`).
                                 cx.waker().wake_by_ref();
                                 break None;
                             }
@@ -434,8 +436,7 @@ impl Worker {
                     break Some(Exit::Lost(connection_lost(Some(e))));
                 }
                 Poll::Ready(None) => break Some(Exit::Lost(connection_lost(None))),
-                // Nothing ready (or, while serving, the cooperative budget ran out: tokio
-                // wakes the task again).
+                // Nothing ready: the socket wakes the task.
                 Poll::Pending => break None,
             }
         };
@@ -451,7 +452,7 @@ impl Worker {
     /// consumers must be woken at once; elsewhere a consumer that caught up is woken
     /// once per read (or when its queue is half full), not once per batch.
     fn wake(&self) -> Wake {
-        if self.yield_between_batches {
+        if self.batches_per_poll == 1 {
             Wake::Now
         } else {
             Wake::Later

@@ -94,6 +94,32 @@ fn unread_socket_bytes(port: u16) -> u64 {
     panic!("no TCP socket with local port {port}");
 }
 
+/// A server backend stopped with SIGSTOP (by `kill`, as the tests run as the server's
+/// user or root), so that what is produced meanwhile queues up for it; continued when
+/// dropped.
+struct Paused(i32);
+
+impl Paused {
+    fn pause(pid: i32) -> Paused {
+        signal("-STOP", pid);
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(which: &str, pid: i32) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill {which} {pid}: {status}");
+}
+
 fn sequence_number(payload: &str) -> u64 {
     payload.parse().expect("a numbered payload")
 }
@@ -208,7 +234,10 @@ fn a_consumer_blocking_its_worker_thread_never_stops_the_reading() {
         let mut events = listener.subscribe([&bulk, &trickle]).await.unwrap();
         // Traffic that keeps arriving while the consumer blocks.
         let producer = Producer::start(url.clone(), trickle.clone());
+        // A backlog the listener is still reading when the consumer first blocks.
+        let paused = Paused::pause(listener.backend_pid().unwrap());
         produce_numbered(&admin, &bulk, N).await;
+        drop(paused);
 
         let watched = listener.clone();
         let consumer = tokio::spawn(async move {
