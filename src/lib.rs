@@ -46,6 +46,12 @@
 //!    counted, and the subscription yields [`Event::Lagged`] with the exact count before
 //!    anything queued after the drop.
 //! 4. `Reconnected` and `Lagged` are never lost, even when the queue is full.
+//! 5. A consumer that blocks its thread does not stop the connection from being read:
+//!    on a multi-thread runtime (or outside any runtime) the connection's task runs on a
+//!    thread of its own. On a current-thread runtime it shares your thread by default, and
+//!    a consumer that blocks it stops everything; see [`TaskPlacement`].
+//! 6. [`Listener::shutdown`] delivers every notification that had reached the listener's
+//!    socket when it was called, then ends every stream.
 //!
 //! Facts of the server worth knowing:
 //!

@@ -15,7 +15,7 @@ use crate::listener::Listener;
 
 /// Sends a notification through any client or transaction of your own
 /// (`SELECT pg_notify(channel, payload)`), with the same validation as
-/// [`Listener::notify`]. Inside a transaction, the notification is delivered when the
+/// [`Listener::notify`](crate::Listener::notify). Inside a transaction, the notification is delivered when the
 /// transaction commits, and not at all if it rolls back.
 ///
 /// ```no_run
