@@ -232,8 +232,17 @@ fn a_consumer_blocking_its_worker_thread_never_stops_the_reading() {
             .await
             .unwrap();
         let mut events = listener.subscribe([&bulk, &trickle]).await.unwrap();
-        // Traffic that keeps arriving while the consumer blocks.
-        let producer = Producer::start(url.clone(), trickle.clone());
+        // Traffic that keeps arriving while the consumer blocks, sent from a runtime of
+        // its own: a task of this runtime could be held up by the blocked worker too.
+        let producer_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let producer = {
+            let _on = producer_runtime.enter();
+            Producer::start(url.clone(), trickle.clone())
+        };
         // A backlog the listener is still reading when the consumer first blocks.
         let paused = Paused::pause(listener.backend_pid().unwrap());
         produce_numbered(&admin, &bulk, N).await;
@@ -302,6 +311,7 @@ fn a_consumer_blocking_its_worker_thread_never_stops_the_reading() {
         let stats = listener.stats();
         assert_eq!(stats.reconnects, 0, "{stats:?}");
         assert_eq!(stats.notifications_dropped, 0, "{stats:?}");
+        producer_runtime.shutdown_background();
     });
 }
 
