@@ -303,6 +303,16 @@ impl ListenerBuilder {
     /// [`connect`](ListenerBuilder::connect) on the first attempt, and as an
     /// [`Event::Error`](crate::Event::Error) (followed by a retry with backoff) later.
     ///
+    /// Where it runs: in the listener's background task, so on the listener's own
+    /// thread (a single-threaded tokio runtime: tokio I/O, timers and `tokio::spawn` work
+    /// there; your runtime's thread-locals and task-locals are not set), or with
+    /// [`TaskPlacement::CallerRuntime`] on your runtime, where the first attempt runs in
+    /// the task that awaits `connect`. Never inside a subscription's `poll_next`. A hook
+    /// that panics ends the listener like any panic in its task: every stream ends,
+    /// [`Listener::is_closed`](crate::Listener::is_closed) turns true, and `connect`
+    /// (if it was the first attempt) fails with [`ErrorKind::Closed`] on its own thread or
+    /// lets the panic through on your runtime.
+    ///
     /// ```no_run
     /// # async fn fetch_iam_token() -> Result<String, std::io::Error> { Ok(String::new()) }
     /// # async fn run() -> pglisten::Result<()> {

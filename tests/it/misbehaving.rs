@@ -645,3 +645,24 @@ fn the_order_check_catches_what_it_should() {
         assert!(caught.is_err(), "not caught: {bad:?}");
     }
 }
+
+#[test]
+fn a_credentials_hook_that_panics_on_the_first_attempt_fails_connect_on_its_own_thread() {
+    for flavor in FLAVORS {
+        runtime(flavor).block_on(async {
+            let error = Listener::builder(&shared_url())
+                .task_placement(pglisten::TaskPlacement::OwnThread)
+                .credentials(|| -> std::future::Ready<Result<String, std::io::Error>> {
+                    panic!("credentials hook failure (expected by this test)")
+                })
+                .connect()
+                .await
+                .expect_err("the hook panicked");
+            assert_eq!(
+                error.kind(),
+                pglisten::ErrorKind::Closed,
+                "{flavor:?}: {error}"
+            );
+        });
+    }
+}
