@@ -21,7 +21,8 @@ use crate::heartbeat::HeartbeatConfig;
 /// ```
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
-/// Default bound on one whole connection attempt.
+/// Default bound on each host of a connection attempt, and on each later step of
+/// setting a connection up (see [`ListenerBuilder::connect_timeout`](crate::ListenerBuilder::connect_timeout)).
 ///
 /// ```
 /// let builder = pglisten::Listener::builder("postgres://app@db/app")
@@ -182,7 +183,7 @@ impl fmt::Debug for ListenerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ListenerConfig")
             .field("target", &self.connect.target())
-            .field("connect_timeout", &self.connect.attempt_timeout())
+            .field("connect_timeout", &self.connect.connect_timeout())
             .field("queue_capacity", &self.queue_capacity)
             .field("backoff", &self.backoff)
             .field("heartbeat", &self.heartbeat)
@@ -205,7 +206,7 @@ mod tests {
     fn defaults_validate() {
         let config = Draft::new("postgres://app@db/app").validate().unwrap();
         assert_eq!(config.queue_capacity, DEFAULT_QUEUE_CAPACITY);
-        assert_eq!(config.connect.attempt_timeout(), DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(config.connect.connect_timeout(), DEFAULT_CONNECT_TIMEOUT);
         assert!(config.connect.self_check());
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::debug;
 
-use super::conninfo::{ConnInfo, HostEntry, SslMode};
+use super::conninfo::{ConnInfo, HostEntry, HostTimeout, SslMode};
 use super::credentials::CredentialsHook;
 use super::diagnose::{self, Transport};
 use super::messages::{MessageStream, drive, message_stream};
@@ -37,10 +37,10 @@ pub(crate) struct ConnectConfig {
     #[cfg(feature = "tls")]
     tls: Option<TlsSetup>,
     credentials: Option<CredentialsHook>,
-    /// The bound on one whole attempt (TCP, TLS, authentication, set-up and first
-    /// LISTEN); with several hosts, each gets its share unless the connection string's
-    /// `connect_timeout` says otherwise.
-    attempt_timeout: Duration,
+    /// The builder's `connect_timeout`: the bound on each step of an attempt (each host,
+    /// the set-up, the self-check, the first LISTEN) unless the connection string's
+    /// `connect_timeout` bounds each host itself.
+    connect_timeout: Duration,
     /// Whether each new session proves that other sessions' notifications reach it.
     self_check: bool,
     target: String,
@@ -52,6 +52,8 @@ pub(crate) struct Established {
     pub(crate) messages: MessageStream,
     /// The host it reached, as `host:port`.
     pub(crate) host: String,
+    /// The same host, to connect to it again.
+    pub(crate) entry: HostEntry,
 }
 
 /// What makes TLS connections (nothing without the `tls` feature).
@@ -67,7 +69,7 @@ impl ConnectConfig {
         info: ConnInfo,
         credentials: Option<CredentialsHook>,
         tls_config: UserTlsConfig,
-        attempt_timeout: Duration,
+        connect_timeout: Duration,
         self_check: bool,
     ) -> Result<Self> {
         if info.base.get_user().is_none() && credentials.is_none() {
@@ -93,7 +95,7 @@ impl ConnectConfig {
             #[cfg(feature = "tls")]
             tls,
             credentials,
-            attempt_timeout,
+            connect_timeout,
             self_check,
         })
     }
@@ -106,8 +108,19 @@ impl ConnectConfig {
     }
 
     /// The bound on one whole attempt, set-up and first LISTEN included.
-    pub(crate) fn attempt_timeout(&self) -> Duration {
-        self.attempt_timeout
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// How long each host, and each later step of setting a connection up, may take:
+    /// the connection string's `connect_timeout` (as libpq, per host; `None` for zero,
+    /// which libpq reads as no bound), else the builder's `connect_timeout`.
+    pub(crate) fn step_timeout(&self) -> Option<Duration> {
+        match self.info.host_timeout {
+            HostTimeout::Unset => Some(self.connect_timeout),
+            HostTimeout::Unlimited => None,
+            HostTimeout::Bound(bound) => Some(bound),
+        }
     }
 
     /// Whether each new session proves that other sessions' notifications reach it.
@@ -121,8 +134,32 @@ impl ConnectConfig {
     }
 
     /// One attempt: fresh credentials, then each host in order until one is a primary
-    /// that accepted us.
+    /// that accepted us. Each host gets the whole [`step_timeout`](Self::step_timeout),
+    /// as in libpq.
     pub(crate) async fn connect(&self) -> Result<Established> {
+        let (base, connector) = self.prepare().await?;
+        let mut failures = Vec::new();
+        for host in self.host_order() {
+            match self.connect_bounded(&base, host, connector.as_ref()).await {
+                Ok(established) => return Ok(established),
+                Err(error) => {
+                    debug!(host = %host.label(), error = %Chain(&error), "host failed");
+                    failures.push(error);
+                }
+            }
+        }
+        Err(self.all_failed(failures))
+    }
+
+    /// A connection to one host of the list (the self-check's second connection goes
+    /// to the host the first one reached, without walking the list again).
+    pub(crate) async fn connect_to(&self, host: &HostEntry) -> Result<Established> {
+        let (base, connector) = self.prepare().await?;
+        self.connect_bounded(&base, host, connector.as_ref()).await
+    }
+
+    /// The driver's settings with fresh credentials, and the TLS connector.
+    async fn prepare(&self) -> Result<(tokio_postgres::Config, Option<Connector>)> {
         let mut base = self.info.base.clone();
         if let Some(hook) = &self.credentials {
             let credentials = hook().await.map_err(|e| {
@@ -152,36 +189,40 @@ impl ConnectConfig {
         };
         #[cfg(not(feature = "tls"))]
         let connector: Option<Connector> = None;
-        let hosts = self.host_order();
-        let per_host = self.info.host_timeout.or_else(|| {
-            // Leave every host a chance within the attempt's bound.
-            let count = u32::try_from(hosts.len()).unwrap_or(u32::MAX);
-            (count > 1).then(|| self.attempt_timeout / count)
-        });
-        let mut failures = Vec::new();
-        for host in hosts {
-            let label = host.label();
-            let attempt = self.connect_host(&base, host, connector.as_ref());
-            let result = match per_host {
-                Some(bound) => tokio::time::timeout(bound, attempt)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Error::new(
-                            ErrorKind::Timeout,
-                            format!("{label} did not answer within {bound:?}"),
-                        ))
-                    }),
-                None => attempt.await,
-            };
-            match result {
-                Ok(established) => return Ok(established),
-                Err(error) => {
-                    debug!(host = %label, error = %Chain(&error), "host failed");
-                    failures.push(error);
-                }
-            }
+        Ok((base, connector))
+    }
+
+    /// [`connect_host`](Self::connect_host) within the step timeout.
+    async fn connect_bounded(
+        &self,
+        base: &tokio_postgres::Config,
+        host: &HostEntry,
+        connector: Option<&Connector>,
+    ) -> Result<Established> {
+        let attempt = self.connect_host(base, host, connector);
+        let Some(bound) = self.step_timeout() else {
+            return attempt.await;
+        };
+        tokio::time::timeout(bound, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{} did not complete the connection within {bound:?}: check that the                          server is reachable, or raise the bound ({})",
+                        host.label(),
+                        self.timeout_source()
+                    ),
+                ))
+            })
+    }
+
+    /// Where the step timeout comes from, for messages.
+    pub(crate) fn timeout_source(&self) -> &'static str {
+        match self.info.host_timeout {
+            HostTimeout::Unset => "ListenerBuilder::connect_timeout",
+            _ => "connect_timeout in the connection string",
         }
-        Err(self.all_failed(failures))
     }
 
     /// The hosts in the order to try them.
@@ -308,6 +349,7 @@ impl ConnectConfig {
             client,
             messages,
             host: label,
+            entry: host.clone(),
         })
     }
 
@@ -439,6 +481,28 @@ mod tests {
             assert!(err.to_string().contains("`tls`"), "{err}");
         }
         ConnectConfig::parse("postgres://u@h/db?sslmode=prefer").unwrap();
+    }
+
+    #[test]
+    fn each_host_is_bounded_as_libpq_reads_connect_timeout() {
+        let with = |url: &str| {
+            let info = ConnInfo::parse(url, &[]).unwrap();
+            ConnectConfig::new(info, None, None, Duration::from_secs(10), true)
+                .unwrap()
+                .step_timeout()
+        };
+        assert_eq!(with("postgres://u@a,b/db"), Some(Duration::from_secs(10)));
+        assert_eq!(
+            with("postgres://u@a,b/db?connect_timeout=12"),
+            Some(Duration::from_secs(12))
+        );
+        // libpq: at least 2 seconds; zero or less waits forever.
+        assert_eq!(
+            with("postgres://u@a/db?connect_timeout=1"),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(with("postgres://u@a/db?connect_timeout=0"), None);
+        assert_eq!(with("postgres://u@a/db?connect_timeout=-5"), None);
     }
 
     #[test]

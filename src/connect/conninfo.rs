@@ -177,6 +177,16 @@ pub(crate) enum RootCert {
     File(PathBuf),
 }
 
+/// libpq's `connect_timeout`, which bounds each host separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostTimeout {
+    /// Not in the connection string: the builder's `connect_timeout` applies.
+    Unset,
+    /// Zero or less: no bound, as in libpq (the operating system's TCP timeouts apply).
+    Unlimited,
+    Bound(Duration),
+}
+
 /// One server to try.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HostEntry {
@@ -222,7 +232,7 @@ pub(crate) struct ConnInfo {
     /// Send the host name in the TLS handshake (SNI).
     pub(crate) sslsni: bool,
     /// libpq's `connect_timeout`: a bound on each host.
-    pub(crate) host_timeout: Option<Duration>,
+    pub(crate) host_timeout: HostTimeout,
     /// `load_balance_hosts=random`: try the hosts in random order.
     pub(crate) random_order: bool,
 }
@@ -618,17 +628,21 @@ fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
         Some(_) => return Err(invalid_value("load_balance_hosts", "disable or random")),
     };
     let host_timeout = match params.get("connect_timeout") {
-        None => None,
+        None => HostTimeout::Unset,
         Some(value) => {
             let seconds: i64 = value
                 .trim()
                 .parse()
                 .map_err(|_| invalid_value("connect_timeout", "a whole number of seconds"))?;
             // As libpq: zero or less waits forever; the minimum is 2 seconds.
-            (seconds > 0).then(|| Duration::from_secs(seconds.max(2).unsigned_abs()))
+            if seconds > 0 {
+                HostTimeout::Bound(Duration::from_secs(seconds.max(2).unsigned_abs()))
+            } else {
+                HostTimeout::Unlimited
+            }
         }
     };
-    if let Some(timeout) = host_timeout {
+    if let HostTimeout::Bound(timeout) = host_timeout {
         base.connect_timeout(timeout);
     }
     let hosts = hosts(&params)?;
@@ -835,7 +849,7 @@ mod tests {
             p.base.get_channel_binding(),
             tokio_postgres::config::ChannelBinding::Require
         );
-        assert_eq!(p.host_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(p.host_timeout, HostTimeout::Bound(Duration::from_secs(2)));
         let e = err("user=u channel_binding=maybe");
         assert!(e.to_string().contains("channel_binding"), "{e}");
     }
@@ -893,7 +907,7 @@ mod tests {
         assert_eq!(p.hosts[0].label(), "urlhost:6000");
         assert_eq!(p.sslmode, SslMode::VerifyCa);
         assert_eq!(p.base.get_application_name(), Some("envapp"));
-        assert_eq!(p.host_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(p.host_timeout, HostTimeout::Bound(Duration::from_secs(7)));
         let p = ConnInfo::parse("", &defaults).unwrap();
         assert_eq!(p.describe(), "envhost:6000/envuser as envuser");
     }

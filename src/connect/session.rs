@@ -2,6 +2,7 @@
 //! runs on it. Reaching the server is `attempt`'s job; this module prepares the session
 //! (backend pid, no idle timeout, the delivery self-check) and closes it cleanly.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 use tracing::debug;
 
 use super::attempt::{ConnectConfig, Established};
+use super::conninfo::HostEntry;
 use super::diagnose;
 use super::messages::{MessageStream, drive};
 use crate::channel::{quote_identifier, validate_channel, validate_payload};
@@ -30,45 +32,57 @@ const SETUP_SQL: &str = "SELECT pg_backend_pid(), \
      CASE WHEN current_setting('server_version_num')::int >= 140000 \
      THEN set_config('idle_session_timeout', '0', false) END";
 
-/// Connects, authenticates and prepares the session, all within the connect timeout.
+/// Connects, authenticates and prepares the session. Each host, and each later step
+/// (the set-up query, the self-check), is bounded by the step timeout, so that a host
+/// that never answers cannot use up the time the next host needs.
 pub(crate) async fn open_session(config: &ConnectConfig) -> Result<Session> {
     let target = config.target();
-    let attempt = async {
-        let Established {
-            client,
-            mut messages,
-            host,
-        } = config.connect().await?;
-        let client = Arc::new(client);
-        let rows = drive(&mut messages, client.simple_query(SETUP_SQL))
-            .await
-            .map_err(|e| {
-                diagnose::connect_failed(&format!("could not set up the connection to {target}"), e)
-            })?;
-        let backend_pid = first_value(&rows).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let mut session = Session {
-            client,
-            messages,
-            backend_pid,
-            host: Arc::from(host),
-        };
-        if config.self_check() {
-            check_delivery(config, &mut session).await?;
-        }
-        Ok(session)
+    let established = config.connect().await?;
+    let reached = established.entry.clone();
+    let Established {
+        client,
+        mut messages,
+        host,
+        ..
+    } = established;
+    let client = Arc::new(client);
+    let rows = within(
+        config,
+        &format!("setting up the connection to {host}"),
+        drive(&mut messages, client.simple_query(SETUP_SQL)),
+    )
+    .await?
+    .map_err(|e| {
+        diagnose::connect_failed(&format!("could not set up the connection to {target}"), e)
+    })?;
+    let backend_pid = first_value(&rows).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut session = Session {
+        client,
+        messages,
+        backend_pid,
+        host: Arc::from(host),
     };
-    let timeout = config.attempt_timeout();
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::new(
+    if config.self_check() {
+        check_delivery(config, &reached, &mut session).await?;
+    }
+    Ok(session)
+}
+
+/// Runs one step of setting a connection up within the step timeout.
+async fn within<T>(config: &ConnectConfig, what: &str, step: impl Future<Output = T>) -> Result<T> {
+    let Some(bound) = config.step_timeout() else {
+        return Ok(step.await);
+    };
+    tokio::time::timeout(bound, step).await.map_err(|_| {
+        Error::new(
             ErrorKind::Timeout,
             format!(
-                "connecting to {target} took longer than the connect timeout of {:?}; check \
-                 that the server is reachable, or raise ListenerBuilder::connect_timeout",
-                timeout
+                "{what} took longer than {bound:?}: check that the server is healthy, or \
+                 raise the bound ({})",
+                config.timeout_source()
             ),
-        )),
-    }
+        )
+    })
 }
 
 /// How long a NOTIFY from another session may take to arrive during the self-check,
@@ -80,29 +94,41 @@ const SELF_CHECK_WAIT: Duration = Duration::from_secs(3);
 /// pooler in transaction or statement mode the listening server connection goes back to
 /// the pool between transactions and such a notification never arrives, silently; this
 /// turns that into a clear error at connect time.
-async fn check_delivery(config: &ConnectConfig, session: &mut Session) -> Result<()> {
+async fn check_delivery(
+    config: &ConnectConfig,
+    reached: &HostEntry,
+    session: &mut Session,
+) -> Result<()> {
     let channel = format!("pglisten_self_check_{}", session.backend_pid);
     let quoted = quote_identifier(&channel);
     let failed = |e: tokio_postgres::Error| {
         diagnose::connect_failed("the delivery self-check could not run", e)
     };
-    drive(
-        &mut session.messages,
-        session.client.batch_execute(&format!("LISTEN {quoted}")),
+    within(
+        config,
+        "LISTEN for the delivery self-check",
+        drive(
+            &mut session.messages,
+            session.client.batch_execute(&format!("LISTEN {quoted}")),
+        ),
     )
-    .await
+    .await?
     .map_err(failed)?;
 
-    // The second session: notify, then close it.
+    // The second session, on the host just reached: notify, then close it.
     let Established {
         client: other,
         messages: mut other_messages,
         ..
-    } = config.connect().await?;
+    } = config.connect_to(reached).await?;
     let notify = format!("SELECT pg_notify('{channel}', 'self-check')");
-    drive(&mut other_messages, other.simple_query(&notify))
-        .await
-        .map_err(failed)?;
+    within(
+        config,
+        "NOTIFY for the delivery self-check",
+        drive(&mut other_messages, other.simple_query(&notify)),
+    )
+    .await?
+    .map_err(failed)?;
     drop(other);
     tokio::spawn(async move { while other_messages.next().await.is_some() {} });
 

@@ -83,9 +83,17 @@ impl ListenerBuilder {
         self
     }
 
-    /// The bound on one whole connection attempt: TCP connect, TLS, authentication and
-    /// the first LISTEN. Default: [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT) (10 s). (The driver's own
-    /// `connect_timeout` setting covers only the TCP connect.)
+    /// How long each step of connecting may take: reaching each host of the connection
+    /// string (TCP connect, TLS, authentication, the primary check), then setting the
+    /// session up, the delivery self-check and the first LISTEN, each on its own.
+    /// Default: [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT) (10 s).
+    ///
+    /// A `connect_timeout` in the connection string takes precedence, as libpq reads it:
+    /// seconds per host (at least 2), and `0` for no bound at all (then only the
+    /// operating system's TCP timeouts end a connection attempt to a silent host, which
+    /// can take minutes). With several hosts, every host gets the whole bound, so a
+    /// host that never answers costs that bound and the next host is still tried.
+    /// [`shutdown`](crate::Listener::shutdown)'s final read is bounded by this setting.
     ///
     /// ```
     /// # use std::time::Duration;

@@ -90,9 +90,11 @@ impl Worker {
             waiting: Vec::new(),
             requests: FuturesUnordered::new(),
             listening: false,
-            sync_deadline: Some(Box::pin(tokio::time::sleep(
-                self.config.connect.attempt_timeout(),
-            ))),
+            sync_deadline: self
+                .config
+                .connect
+                .step_timeout()
+                .map(|bound| Box::pin(tokio::time::sleep(bound))),
             replan_blocked: false,
             next_heartbeat: Box::pin(tokio::time::sleep(heartbeat.interval)),
             probe: None,
@@ -175,9 +177,9 @@ impl Worker {
                 return Poll::Ready(Exit::Lost(Error::new(
                     ErrorKind::Timeout,
                     format!(
-                        "LISTEN was not confirmed within the connect timeout of {:?}; \
-                         reconnecting",
-                        self.config.connect.attempt_timeout()
+                        "LISTEN was not confirmed within {:?} ({}); reconnecting",
+                        self.config.connect.step_timeout().unwrap_or_default(),
+                        self.config.connect.timeout_source()
                     ),
                 )));
             }
@@ -379,7 +381,7 @@ impl Worker {
     /// budget and without stopping between batches; bounded by the connect timeout, so a
     /// server that never stops sending cannot hold `shutdown` up.
     async fn final_drain(&mut self, s: &mut Serving) {
-        let until = Instant::now() + self.config.connect.attempt_timeout();
+        let until = Instant::now() + self.config.connect.connect_timeout();
         tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
             // Whatever it ends with (nothing ready, the deadline, a lost connection),
             // the streams end next.

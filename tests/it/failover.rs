@@ -141,3 +141,53 @@ async fn a_standby_is_refused_with_a_clear_error_and_the_primary_is_used() {
     assert!(text.contains("standby"), "{text}");
     assert!(text.contains(&format!("127.0.0.1:{dead}")), "{text}");
 }
+
+/// A TCP server that accepts connections and never says a word (a hung server, or a
+/// proxy in front of a dead one).
+async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_host_gets_its_own_connect_timeout() {
+    const MARGIN: Duration = Duration::from_millis(2500);
+    let cluster = own_cluster().await;
+    let (silent, server) = silent_server().await;
+    // 12 s is above the builder's default of 10 s: that must not cut the failover short.
+    for seconds in [3, 12] {
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{silent},127.0.0.1:{}/postgres?connect_timeout={seconds}",
+            cluster.port()
+        );
+        let bound = Duration::from_secs(seconds);
+        let started = std::time::Instant::now();
+        let listener = Listener::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("connect_timeout={seconds}: {}", error_report(&e)));
+        let took = started.elapsed();
+        assert!(
+            took >= bound,
+            "connect_timeout={seconds}: the first host was not waited for ({took:?})"
+        );
+        // The self-check's second connection goes straight to the host reached, not
+        // through the silent one again.
+        assert!(
+            took <= bound + MARGIN,
+            "connect_timeout={seconds}: the second host was reached after {took:?}"
+        );
+        let channel = unique("per_host_timeout");
+        let mut sub = listener.subscribe([&channel]).await.unwrap();
+        listener.notify(&channel, "second host").await.unwrap();
+        assert_eq!(next_notification(&mut sub).await.payload(), "second host");
+        listener.shutdown().await;
+    }
+    server.abort();
+}
