@@ -602,6 +602,20 @@ fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
              makes its certificates meaningful"
         )));
     }
+    // As libpq: a direct TLS handshake only where TLS is required, so that no fallback
+    // can ever send the startup packet (user name, database) in plaintext.
+    if params.get("sslnegotiation").map(|v| v.trim()) == Some("direct")
+        && !matches!(
+            sslmode,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        )
+    {
+        return Err(config_error(format!(
+            "sslnegotiation=direct needs sslmode=require, verify-ca or verify-full (got \
+             sslmode={sslmode}): a direct TLS connection has no plaintext fallback; set \
+             sslmode=require or stronger, or drop sslnegotiation=direct"
+        )));
+    }
     let path = |key: &str| params.get(key).filter(|v| !v.is_empty()).map(PathBuf::from);
     let (sslcert, sslkey) = (path("sslcert"), path("sslkey"));
     match (&sslcert, &sslkey) {
@@ -773,6 +787,20 @@ mod tests {
         assert_eq!(p.sslmode, SslMode::Prefer);
         assert_eq!(p.hosts[0].label(), "localhost:5432");
         assert_eq!(p.base.get_application_name(), Some("pglisten"));
+    }
+
+    #[test]
+    fn direct_tls_needs_a_required_sslmode() {
+        for mode in ["disable", "allow", "prefer"] {
+            let e = err(&format!("user=u sslnegotiation=direct sslmode={mode}"));
+            assert!(e.to_string().contains("sslnegotiation=direct"), "{e}");
+        }
+        // The default sslmode is prefer.
+        err("user=u sslnegotiation=direct");
+        for mode in ["require", "verify-ca", "verify-full"] {
+            plan(&format!("user=u sslnegotiation=direct sslmode={mode}"));
+        }
+        plan("user=u sslnegotiation=postgres sslmode=prefer");
     }
 
     #[test]

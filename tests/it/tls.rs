@@ -660,3 +660,48 @@ async fn secrets_never_leak() {
         }
     }
 }
+
+/// A TCP server that records every byte it receives and never answers.
+async fn recording_server() -> (u16, Arc<Mutex<Vec<u8>>>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+#[tokio::test]
+async fn direct_tls_without_a_required_sslmode_is_refused_before_any_byte_is_sent() {
+    let (port, received) = recording_server().await;
+    for mode in ["prefer", "allow", "disable"] {
+        let url = format!(
+            "postgres://secretive_user@127.0.0.1:{port}/db?sslnegotiation=direct&sslmode={mode}"
+        );
+        let eager = Listener::builder(&url).connect().await.unwrap_err();
+        assert_eq!(eager.kind(), ErrorKind::Config, "{mode}: {eager}");
+        assert!(
+            eager.to_string().contains("sslnegotiation=direct"),
+            "{eager}"
+        );
+        let lazy = Listener::builder(&url).connect_lazy().unwrap_err();
+        assert_eq!(lazy.kind(), ErrorKind::Config, "{mode}: {lazy}");
+    }
+    // Nothing was ever sent: no startup packet with the user name, in any form.
+    let seen = received.lock().unwrap().clone();
+    assert!(seen.is_empty(), "the server received {} bytes", seen.len());
+}
