@@ -27,7 +27,7 @@ use std::io;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType, string::Ia5String,
 };
 
 use crate::ClusterBuilder;
@@ -113,6 +113,44 @@ impl TestCa {
         self.sign(params, "server certificate")
     }
 
+    /// A server certificate that names its host only in the subject's common name, with
+    /// no subject alternative name (as many older or hand-made certificates do), signed
+    /// by this CA.
+    ///
+    /// # Errors
+    ///
+    /// If key generation or signing fails.
+    pub fn server_cert_cn_only(&self, common_name: &str) -> io::Result<CertAndKey> {
+        let mut params =
+            CertificateParams::new(Vec::new()).map_err(rcgen_error("server params"))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params, "server certificate")
+    }
+
+    /// A server certificate whose subject alternative names are all dNSNames, even
+    /// those that spell an IP address (`"127.0.0.1"` as a dNSName, which libpq matches
+    /// against an address host), signed by this CA.
+    ///
+    /// # Errors
+    ///
+    /// If a name is not ASCII, or key generation or signing fails.
+    pub fn server_cert_dns_names(&self, names: &[&str]) -> io::Result<CertAndKey> {
+        let mut params =
+            CertificateParams::new(Vec::new()).map_err(rcgen_error("server params"))?;
+        for name in names {
+            let dns = Ia5String::try_from(*name).map_err(rcgen_error("dNSName"))?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "pglisten test server");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params, "server certificate")
+    }
+
     /// A client certificate for `cert` authentication as `user` (its common name),
     /// signed by this CA.
     ///
@@ -137,6 +175,30 @@ impl TestCa {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// A self-signed server certificate as PostgreSQL's documentation makes one
+/// (`openssl req -new -x509 -subj "/CN=..."`): a CA certificate (CA:TRUE) that names its
+/// host only in the common name, with no subject alternative name. Clients trust it by
+/// giving the certificate itself as `sslrootcert`.
+///
+/// # Errors
+///
+/// If key generation or signing fails.
+pub fn self_signed_server(common_name: &str) -> io::Result<CertAndKey> {
+    let mut params = CertificateParams::new(Vec::new()).map_err(rcgen_error("params"))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().map_err(rcgen_error("key"))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(rcgen_error("self-signed certificate"))?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 impl ClusterBuilder {

@@ -705,3 +705,100 @@ async fn direct_tls_without_a_required_sslmode_is_refused_before_any_byte_is_sen
     let seen = received.lock().unwrap().clone();
     assert!(seen.is_empty(), "the server received {} bytes", seen.len());
 }
+
+/// A TLS-only cluster serving `server`, with `trust_pem` written where a client can
+/// give it as `sslrootcert`.
+async fn cluster_serving(
+    server: pglisten_testkit::tls::CertAndKey,
+    trust_pem: String,
+) -> (Cluster, PathBuf) {
+    blocking(move || {
+        let unused_ca = TestCa::new("client CA (unused)").expect("CA");
+        let cluster = Cluster::builder()
+            .tls(&unused_ca, &server)
+            .hba(&[
+                "local all postgres trust",
+                "hostssl all all 127.0.0.1/32 trust",
+                "hostssl all all ::1/128 trust",
+            ])
+            .file("pki/trust.crt", trust_pem.as_bytes())
+            .start()
+            .expect("could not start a TLS cluster");
+        let trust = cluster.data_dir().join("pki/trust.crt");
+        (cluster, trust)
+    })
+    .await
+}
+
+/// Connects (without the self-check) with `sslmode` to `host`, then shuts down.
+async fn connect_as(
+    cluster: &Cluster,
+    host: &str,
+    mode: &str,
+    root: &std::path::Path,
+) -> pglisten::Result<()> {
+    let url = format!(
+        "postgres://postgres@{host}:{}/postgres?sslmode={mode}&sslrootcert={}",
+        cluster.port(),
+        root.display()
+    );
+    let listener = Listener::builder(&url).self_check(false).connect().await?;
+    listener.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_documentations_self_signed_certificate_pinned_as_root_is_accepted() {
+    // PostgreSQL's recipe: a self-signed CA:TRUE certificate naming the host in its CN.
+    let server = pglisten_testkit::tls::self_signed_server("localhost").expect("certificate");
+    let pem = server.cert_pem.clone();
+    let (cluster, root) = cluster_serving(server, pem).await;
+    for mode in ["require", "verify-ca", "verify-full"] {
+        connect_as(&cluster, "localhost", mode, &root)
+            .await
+            .unwrap_or_else(|e| panic!("sslmode={mode}: {}", error_report(&e)));
+    }
+    // The name still counts for verify-full.
+    let refused = connect_as(&cluster, "127.0.0.1", "verify-full", &root)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Tls, "{}", error_report(&refused));
+    assert!(refused.to_string().contains("CN=localhost"), "{refused}");
+    connect_as(&cluster, "127.0.0.1", "verify-ca", &root)
+        .await
+        .expect("verify-ca does not check the name");
+}
+
+#[tokio::test]
+async fn a_common_name_without_alternative_names_is_checked_as_libpq_does() {
+    let ca = TestCa::new("CN-only CA").expect("CA");
+    let server = ca.server_cert_cn_only("localhost").expect("certificate");
+    let (cluster, root) = cluster_serving(server, ca.cert_pem().to_owned()).await;
+    connect_as(&cluster, "localhost", "verify-full", &root)
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_report(&e)));
+    let refused = connect_as(&cluster, "127.0.0.1", "verify-full", &root)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Tls, "{}", error_report(&refused));
+    let message = refused.to_string();
+    // What the certificate names, and what to do.
+    assert!(message.contains("CN=localhost"), "{message}");
+    assert!(message.contains("127.0.0.1"), "{message}");
+    assert!(message.contains("connect with"), "{message}");
+}
+
+#[tokio::test]
+async fn an_address_matches_a_dns_name_or_common_name_that_spells_it() {
+    let ca = TestCa::new("address CA").expect("CA");
+    for server in [
+        ca.server_cert_dns_names(&["127.0.0.1"])
+            .expect("dNSName certificate"),
+        ca.server_cert_cn_only("127.0.0.1").expect("CN certificate"),
+    ] {
+        let (cluster, root) = cluster_serving(server, ca.cert_pem().to_owned()).await;
+        connect_as(&cluster, "127.0.0.1", "verify-full", &root)
+            .await
+            .unwrap_or_else(|e| panic!("{}", error_report(&e)));
+    }
+}

@@ -12,11 +12,12 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+mod verify;
+
+use self::verify::LibpqVerifier;
 use super::conninfo::{ConnInfo, RootCert, SslMode};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -31,9 +32,18 @@ enum Verify {
     /// Encrypt without checking who answers (`require` without `sslrootcert`, as libpq).
     Nothing,
     /// The chain must lead to one of these roots; the host name is not checked.
-    Chain(Arc<RootCertStore>),
+    Chain(Trust),
     /// The chain and the host name.
-    Full(Arc<RootCertStore>),
+    Full(Trust),
+}
+
+/// What the server's certificate may chain to.
+#[derive(Clone)]
+struct Trust {
+    store: Arc<RootCertStore>,
+    /// The certificates of an `sslrootcert` file, as they are: a server presenting one
+    /// of them is trusted without a chain (a pinned self-signed certificate).
+    pinned: Arc<Vec<CertificateDer<'static>>>,
 }
 
 /// Everything needed to make the TLS configuration of one connection attempt.
@@ -126,8 +136,11 @@ impl TlsSetup {
         }
         let roots = match &self.roots {
             None => None,
-            Some(RootCert::System) => self.system.clone(),
-            Some(RootCert::File(path)) => Some(Arc::new(file_roots(path)?)),
+            Some(RootCert::System) => self.system.clone().map(|store| Trust {
+                store,
+                pinned: Arc::default(),
+            }),
+            Some(RootCert::File(path)) => Some(file_roots(path)?),
         };
         let verify = match (roots, self.mode) {
             (None, _) => Verify::Nothing,
@@ -145,17 +158,21 @@ impl TlsSetup {
                     e,
                 )
             })?;
+        let check_name = matches!(verify, Verify::Full(_));
         let builder = match verify {
             Verify::Nothing => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoVerification { provider })),
-            Verify::Chain(roots) => {
-                let inner = webpki_verifier(roots, provider)?;
+            Verify::Chain(trust) | Verify::Full(trust) => {
+                let verifier = LibpqVerifier {
+                    webpki: webpki_verifier(trust.store, provider)?,
+                    pinned: trust.pinned,
+                    check_name,
+                };
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOnly { inner }))
+                    .with_custom_certificate_verifier(Arc::new(verifier))
             }
-            Verify::Full(roots) => builder.with_webpki_verifier(webpki_verifier(roots, provider)?),
         };
         let mut config = match &self.client_cert {
             None => builder.with_no_client_auth(),
@@ -238,11 +255,11 @@ fn system_roots() -> Result<RootCertStore> {
     Ok(roots)
 }
 
-/// The certificates of a PEM file, as trusted roots.
-fn file_roots(path: &Path) -> Result<RootCertStore> {
+/// The certificates of a PEM file, as trusted roots (and pinned certificates).
+fn file_roots(path: &Path) -> Result<Trust> {
     let certs = read_certificates(path, "sslrootcert")?;
     let mut roots = RootCertStore::empty();
-    for cert in certs {
+    for cert in certs.iter().cloned() {
         roots.add(cert).map_err(|e| {
             Error::with_source(
                 ErrorKind::Config,
@@ -254,7 +271,10 @@ fn file_roots(path: &Path) -> Result<RootCertStore> {
             )
         })?;
     }
-    Ok(roots)
+    Ok(Trust {
+        store: Arc::new(roots),
+        pinned: Arc::new(certs),
+    })
 }
 
 fn read_certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>> {
@@ -365,60 +385,6 @@ impl ServerCertVerifier for NoVerification {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// `verify-ca`: the full WebPKI check, except that a certificate for another name is
-/// accepted. WebPKI checks the chain (and validity, and usage) before the name, so a
-/// name error means everything else passed.
-#[derive(Debug)]
-struct ChainOnly {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 
