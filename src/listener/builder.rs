@@ -351,7 +351,10 @@ impl ListenerBuilder {
     /// from `sslrootcert`, `sslcert` and `sslkey` (which must then be absent). The
     /// connection string's `sslmode` still decides whether TLS is used (the default,
     /// `prefer`, falls back to plaintext), so say `sslmode=require` or stronger to
-    /// insist on it; how the certificate is checked is up to your configuration.
+    /// insist on it; how the certificate is checked is up to your configuration. A
+    /// configuration with no ALPN protocols gets `postgresql`, which direct TLS
+    /// (`sslnegotiation=direct`, PostgreSQL 17+) needs; one that names its own is used
+    /// as it is.
     ///
     /// ```no_run
     /// use std::sync::Arc;

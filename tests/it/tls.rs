@@ -802,3 +802,37 @@ async fn an_address_matches_a_dns_name_or_common_name_that_spells_it() {
             .unwrap_or_else(|e| panic!("{}", error_report(&e)));
     }
 }
+
+#[tokio::test]
+async fn a_users_tls_config_gets_the_postgresql_alpn_for_direct_tls() {
+    // PostgreSQL 17+ refuses a direct TLS handshake without ALPN `postgresql`: the
+    // ClientHello of a tls_config that names no protocol must carry it.
+    let (port, received) = recording_server().await;
+    let roots = pglisten::rustls::RootCertStore::empty();
+    let config = pglisten::rustls::ClientConfig::builder_with_provider(Arc::new(
+        pglisten::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    assert!(config.alpn_protocols.is_empty());
+    let url = format!("postgres://app@127.0.0.1:{port}/db?sslnegotiation=direct&sslmode=require");
+    let attempt = Listener::builder(&url)
+        .tls_config(config)
+        .connect_timeout(Duration::from_secs(2))
+        .connect();
+    let _ = attempt.await; // the silent server never answers
+    let hello = received.lock().unwrap().clone();
+    assert_eq!(
+        hello.first(),
+        Some(&0x16),
+        "a TLS handshake record comes first"
+    );
+    assert!(
+        hello
+            .windows(b"postgresql".len())
+            .any(|w| w == b"postgresql"),
+        "no ALPN postgresql in the ClientHello"
+    );
+}

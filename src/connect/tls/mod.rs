@@ -21,6 +21,9 @@ use self::verify::LibpqVerifier;
 use super::conninfo::{ConnInfo, RootCert, SslMode};
 use crate::error::{Error, ErrorKind, Result};
 
+/// The ALPN protocol name of PostgreSQL's direct TLS connections.
+const POSTGRESQL_ALPN: &[u8] = b"postgresql";
+
 /// The crypto provider pglisten uses for the configurations it builds.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -132,7 +135,13 @@ impl TlsSetup {
     /// The TLS connector for one attempt.
     pub(crate) fn connector(&self) -> Result<MakeRustlsConnect> {
         if let Some(user) = &self.user {
-            return Ok(MakeRustlsConnect::new(ClientConfig::clone(user)));
+            let mut config = ClientConfig::clone(user);
+            // Direct TLS (sslnegotiation=direct, PostgreSQL 17+) needs the ALPN protocol
+            // `postgresql`; a configuration that names none gets it, as pglisten's own.
+            if config.alpn_protocols.is_empty() {
+                config.alpn_protocols = vec![POSTGRESQL_ALPN.to_vec()];
+            }
+            return Ok(MakeRustlsConnect::new(config));
         }
         let roots = match &self.roots {
             None => None,
@@ -195,7 +204,7 @@ impl TlsSetup {
         config.enable_sni = self.sni;
         // Needed by servers that accept direct TLS (sslnegotiation=direct); ignored by
         // the others.
-        config.alpn_protocols = vec![b"postgresql".to_vec()];
+        config.alpn_protocols = vec![POSTGRESQL_ALPN.to_vec()];
         Ok(MakeRustlsConnect::new(config))
     }
 
