@@ -483,9 +483,20 @@ fn decode(part: &str, what: &str) -> Result<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+            // Exactly two hex digits, as libpq (`from_str_radix` alone would take "+1").
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                .ok_or_else(bad)?;
             let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            let byte = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
+            if byte == 0 {
+                return Err(config_error(format!(
+                    "invalid connection string: {what} in the URL contains %00 (a NUL \
+                     byte), which libpq refuses too"
+                )));
+            }
+            out.push(byte);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -938,6 +949,22 @@ mod tests {
         assert_eq!(p.host_timeout, HostTimeout::Bound(Duration::from_secs(7)));
         let p = ConnInfo::parse("", &defaults).unwrap();
         assert_eq!(p.describe(), "envhost:6000/envuser as envuser");
+    }
+
+    #[test]
+    fn percent_encoding_is_exactly_two_hex_digits_and_never_nul() {
+        for bad in [
+            "postgres://u@h/db%+1",
+            "postgres://u@h/db%-1",
+            "postgres://u@h/db% 1",
+            "postgres://u@h/db%0",
+            "postgres://u@h/d%00b",
+            "postgres://u:pa%00ss@h/db",
+        ] {
+            let e = err(bad);
+            assert!(e.to_string().contains("URL"), "{bad}: {e}");
+        }
+        assert_eq!(plan("postgres://u@h/d%41b").base.get_dbname(), Some("dAb"));
     }
 
     #[test]
