@@ -278,6 +278,7 @@ impl ConnectConfig {
         host: &HostEntry,
         connector: Option<&Connector>,
     ) -> Result<Established> {
+        let host = &host.or_default();
         let label = host.label();
         let mut config = base.clone();
         match (&host.host, host.hostaddr) {

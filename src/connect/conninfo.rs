@@ -17,6 +17,11 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// Where libpq looks for the server's Unix socket when no host is given (its
+/// compile-time default: `/tmp` upstream, `/var/run/postgresql` in Debian's, Ubuntu's
+/// and Red Hat's builds): both are looked at, in this order.
+const DEFAULT_SOCKET_DIRS: &[&str] = &["/var/run/postgresql", "/tmp"];
+
 /// The port libpq uses when none is given.
 pub(crate) const DEFAULT_PORT: u16 = 5432;
 
@@ -201,6 +206,26 @@ impl HostEntry {
     /// Whether this is a unix socket (no TLS there, as with libpq).
     pub(crate) fn is_unix_socket(&self) -> bool {
         self.hostaddr.is_none() && self.host.as_deref().is_some_and(|h| h.starts_with('/'))
+    }
+
+    /// The host to connect to: as given, or for an entry with neither host nor hostaddr,
+    /// libpq's default: the Unix socket in the usual socket directory
+    /// (`/var/run/postgresql`, then `/tmp`) where a server listens on one for this port,
+    /// else TCP to `localhost`.
+    pub(crate) fn or_default(&self) -> HostEntry {
+        if self.host.is_some() || self.hostaddr.is_some() {
+            return self.clone();
+        }
+        let socket_dir = DEFAULT_SOCKET_DIRS.iter().find(|dir| {
+            std::path::Path::new(dir)
+                .join(format!(".s.PGSQL.{}", self.port))
+                .exists()
+        });
+        HostEntry {
+            host: Some(socket_dir.map_or("localhost", |dir| dir).to_owned()),
+            hostaddr: None,
+            port: self.port,
+        }
     }
 
     /// `host:port` for messages and reports, e.g. `127.0.0.1:5432` or `[::1]:5432`.
@@ -729,11 +754,16 @@ fn hosts(params: &BTreeMap<String, String>) -> Result<Vec<HostEntry>> {
                 .ok_or_else(|| invalid_value("port", "a number from 1 to 65535"))?,
             None => DEFAULT_PORT,
         };
-        let host = match (host, hostaddr) {
-            // As tokio-postgres and most clients: no host at all means localhost.
-            (None, None) => Some("localhost".to_owned()),
-            (host, _) => host,
-        };
+        if host.as_deref().is_some_and(|h| h.starts_with('@')) {
+            return Err(config_error(
+                "invalid connection string: a host starting with @ is a Unix socket in Linux's \
+                 abstract namespace, which pglisten's driver cannot connect to; run the server \
+                 with a socket directory on disk and give its path as host (host=/run/...), or \
+                 connect over TCP",
+            ));
+        }
+        // No host and no hostaddr: the default, chosen when connecting (see
+        // `HostEntry::or_default`).
         entries.push(HostEntry {
             host,
             hostaddr,

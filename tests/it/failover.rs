@@ -191,3 +191,61 @@ async fn each_host_gets_its_own_connect_timeout() {
     }
     server.abort();
 }
+
+/// Where the listener's backend sees its client: `None` over a Unix socket.
+async fn client_addr(admin_url: &str, pid: i32) -> Option<String> {
+    let admin = pglisten_testkit::admin(admin_url).await;
+    let row = admin
+        .query_one(
+            "SELECT client_addr::text FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .expect("pg_stat_activity");
+    row.get(0)
+}
+
+#[tokio::test]
+async fn with_no_host_the_default_unix_socket_is_used_where_the_server_has_one() {
+    // A server whose socket is in /tmp, one of libpq's default socket directories.
+    let cluster = blocking(|| {
+        Cluster::builder()
+            .setting("unix_socket_directories", "/tmp")
+            .start()
+            .expect("could not start a cluster with its socket in /tmp")
+    })
+    .await;
+    let url = format!("postgres://postgres@/postgres?port={}", cluster.port());
+    let listener = Listener::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_report(&e)));
+    let pid = listener.backend_pid().unwrap();
+    assert_eq!(
+        client_addr(&cluster.url(), pid).await,
+        None,
+        "not over the socket"
+    );
+    listener.shutdown().await;
+
+    // Without a socket in those directories: TCP to localhost.
+    let tcp_only = own_cluster().await;
+    let url = format!("postgres://postgres@/postgres?port={}", tcp_only.port());
+    let listener = Listener::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_report(&e)));
+    let pid = listener.backend_pid().unwrap();
+    assert_eq!(
+        client_addr(&tcp_only.url(), pid).await.as_deref(),
+        Some("127.0.0.1/32")
+    );
+    listener.shutdown().await;
+}
+
+#[test]
+fn an_abstract_socket_host_is_refused_with_a_clear_error() {
+    let error = Listener::builder("host=@pgsocket user=app")
+        .connect_lazy()
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Config);
+    assert!(error.to_string().contains("abstract"), "{error}");
+}
