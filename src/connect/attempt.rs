@@ -15,6 +15,7 @@ use super::conninfo::{ConnInfo, HostEntry, HostTimeout, SslMode};
 use super::credentials::CredentialsHook;
 use super::diagnose::{self, Transport};
 use super::messages::{MessageStream, drive, message_stream};
+use super::passfile;
 #[cfg(feature = "tls")]
 use super::tls::TlsSetup;
 use crate::error::{Chain, Error, ErrorKind, Result};
@@ -291,6 +292,9 @@ impl ConnectConfig {
             config.hostaddr(addr);
         }
         config.port(host.port);
+        if config.get_password().is_none() {
+            self.password_from_file(&mut config, host);
+        }
 
         // The first transport to try, and the one to fall back to when it fails in a way
         // the other transport may not (as libpq does for allow and prefer).
@@ -352,6 +356,30 @@ impl ConnectConfig {
             host: label,
             entry: host.clone(),
         })
+    }
+
+    /// libpq's password file: a password for this host, port, database and user.
+    fn password_from_file(&self, config: &mut tokio_postgres::Config, host: &HostEntry) {
+        let Some(path) = passfile::path(self.info.passfile.as_deref()) else {
+            return;
+        };
+        let host_name = match (&host.host, host.hostaddr) {
+            (Some(name), _) => name.clone(),
+            (None, Some(addr)) => addr.to_string(),
+            (None, None) => String::new(),
+        };
+        let user = config.get_user().unwrap_or_default().to_owned();
+        // As libpq: the database defaults to the user name.
+        let database = config.get_dbname().unwrap_or(&user).to_owned();
+        let lookup = passfile::Lookup {
+            host: &host_name,
+            port: host.port,
+            database: &database,
+            user: &user,
+        };
+        if let Some(password) = passfile::password_for(&path, lookup) {
+            config.password(password);
+        }
     }
 
     /// Connects and authenticates over one transport.

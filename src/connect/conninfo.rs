@@ -56,11 +56,11 @@ const OWN_KEYS: &[&str] = &[
     "fallback_application_name",
     // libpq reads it in milliseconds; tokio-postgres would read seconds.
     "tcp_user_timeout",
+    "passfile",
 ];
 
 /// libpq keys that pglisten knows about but does not support.
 const UNSUPPORTED_LIBPQ_KEYS: &[&str] = &[
-    "passfile",
     "service",
     "sslpassword",
     "sslcrl",
@@ -88,6 +88,7 @@ pub(crate) const ENV_VARS: &[(&str, &str)] = &[
     ("PGPORT", "port"),
     ("PGUSER", "user"),
     ("PGPASSWORD", "password"),
+    ("PGPASSFILE", "passfile"),
     ("PGDATABASE", "dbname"),
     ("PGOPTIONS", "options"),
     ("PGAPPNAME", "application_name"),
@@ -260,6 +261,9 @@ pub(crate) struct ConnInfo {
     pub(crate) host_timeout: HostTimeout,
     /// `load_balance_hosts=random`: try the hosts in random order.
     pub(crate) random_order: bool,
+    /// libpq's `passfile`: where a connection with no password looks for one
+    /// (`None`: `~/.pgpass`).
+    pub(crate) passfile: Option<PathBuf>,
 }
 
 impl ConnInfo {
@@ -696,7 +700,12 @@ fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
         base.connect_timeout(timeout);
     }
     let hosts = hosts(&params)?;
+    let passfile = params
+        .get("passfile")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
     Ok(ConnInfo {
+        passfile,
         base,
         hosts,
         sslmode,

@@ -16,6 +16,7 @@ mod conninfo;
 mod credentials;
 mod diagnose;
 mod messages;
+mod passfile;
 mod session;
 #[cfg(feature = "tls")]
 mod tls;

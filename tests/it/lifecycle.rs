@@ -260,3 +260,60 @@ fn caller_runtime_placement_outside_a_runtime_is_an_error_not_a_panic() {
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("CallerRuntime"), "{err}");
 }
+
+#[tokio::test]
+async fn a_password_file_supplies_the_password_and_is_ignored_when_others_may_read_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = blocking(|| {
+        pglisten_testkit::Cluster::builder()
+            .hba(&[
+                "local all postgres trust",
+                "host all all 127.0.0.1/32 scram-sha-256",
+            ])
+            .init_sql("CREATE ROLE filed LOGIN PASSWORD 'from-the-file:with\\colon';")
+            .start()
+            .expect("cluster")
+    })
+    .await;
+    let dir = std::env::temp_dir().join(unique("pgpass"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let passfile = dir.join("pgpass");
+    let port = cluster.port();
+    std::fs::write(
+        &passfile,
+        format!(
+            "# a comment\n\
+             otherhost:*:*:filed:wrong\n\
+             127.0.0.1:{port}:postgres:filed:from-the-file\\:with\\\\colon\n"
+        ),
+    )
+    .unwrap();
+    let url = format!(
+        "postgres://filed@127.0.0.1:{port}/postgres?passfile={}",
+        passfile.display()
+    );
+
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let listener = Listener::builder(&url)
+        .self_check(false)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_report(&e)));
+    listener.shutdown().await;
+
+    // Readable by others: ignored, as libpq does, and the error says where to look.
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let error = Listener::builder(&url)
+        .self_check(false)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.kind(),
+        ErrorKind::Authentication,
+        "{}",
+        error_report(&error)
+    );
+    assert!(error.to_string().contains("password file"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -296,9 +296,11 @@ pub(crate) fn host_failed(e: tokio_postgres::Error, at: &HostAttempt<'_>) -> Err
             return Error::with_source(
                 ErrorKind::Authentication,
                 format!(
-                    "{label} asks for a password, but none was given: put it in the connection \
-                     string, set PGPASSWORD and use ListenerBuilder::from_env, or supply it with \
-                     ListenerBuilder::credentials"
+                    "{label} asks for a password, but none was given and the password file \
+                     (passfile, PGPASSFILE with ListenerBuilder::from_env, or ~/.pgpass, private \
+                     to its owner) has no line for this host, port, database and user: add one, \
+                     put the password in the connection string, set PGPASSWORD and use \
+                     ListenerBuilder::from_env, or supply it with ListenerBuilder::credentials"
                 ),
                 e,
             );
