@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::servicefile;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Where libpq looks for the server's Unix socket when no host is given (its
@@ -57,11 +58,13 @@ const OWN_KEYS: &[&str] = &[
     // libpq reads it in milliseconds; tokio-postgres would read seconds.
     "tcp_user_timeout",
     "passfile",
+    // Read by `ConnInfo::parse` (the service file's options).
+    "service",
+    "servicefile",
 ];
 
 /// libpq keys that pglisten knows about but does not support.
 const UNSUPPORTED_LIBPQ_KEYS: &[&str] = &[
-    "service",
     "sslpassword",
     "sslcrl",
     "sslcrldir",
@@ -89,6 +92,8 @@ pub(crate) const ENV_VARS: &[(&str, &str)] = &[
     ("PGUSER", "user"),
     ("PGPASSWORD", "password"),
     ("PGPASSFILE", "passfile"),
+    ("PGSERVICE", "service"),
+    ("PGSERVICEFILE", "servicefile"),
     ("PGDATABASE", "dbname"),
     ("PGOPTIONS", "options"),
     ("PGAPPNAME", "application_name"),
@@ -271,6 +276,32 @@ impl ConnInfo {
     /// does not set (environment defaults).
     pub(crate) fn parse(text: &str, defaults: &[(String, String)]) -> Result<ConnInfo> {
         let mut params = parse_params(text)?;
+        let default = |key: &str| {
+            defaults
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        // As libpq: the connection string, then its service's options, then the
+        // environment.
+        let service = params
+            .get("service")
+            .cloned()
+            .or_else(|| default("service"));
+        if let Some(name) = service.filter(|name| !name.is_empty()) {
+            let servicefile = params
+                .get("servicefile")
+                .cloned()
+                .or_else(|| default("servicefile"));
+            let places = servicefile::Places::find(servicefile.as_deref(), |var| {
+                std::env::var(var).ok().filter(|v| !v.is_empty())
+            });
+            for (key, value) in servicefile::options(&name, &places)? {
+                check_key(&key)
+                    .map_err(|e| config_error(format!("connection service `{name}`: {e}")))?;
+                params.entry(key).or_insert(value);
+            }
+        }
         for (key, value) in defaults {
             params.entry(key.clone()).or_insert_with(|| value.clone());
         }

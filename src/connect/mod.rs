@@ -17,6 +17,7 @@ mod credentials;
 mod diagnose;
 mod messages;
 mod passfile;
+mod servicefile;
 mod session;
 #[cfg(feature = "tls")]
 mod tls;

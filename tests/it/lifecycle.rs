@@ -317,3 +317,61 @@ async fn a_password_file_supplies_the_password_and_is_ignored_when_others_may_re
     assert!(error.to_string().contains("password file"), "{error}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_service_file_supplies_host_port_dbname_and_sslmode() {
+    let cluster = own_cluster().await;
+    let dir = std::env::temp_dir().join(unique("pgservice"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pg_service.conf");
+    std::fs::write(
+        &file,
+        format!(
+            "# services\n[other]\nhost=nowhere.invalid\n\n\
+             [events]\nhost=127.0.0.1\nport={}\ndbname=postgres\nsslmode=disable\n",
+            cluster.port()
+        ),
+    )
+    .unwrap();
+    let listener = Listener::connect(&format!(
+        "service=events servicefile={} user=postgres",
+        file.display()
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{}", error_report(&e)));
+    let channel = unique("service");
+    let mut sub = listener.subscribe([&channel]).await.unwrap();
+    listener.notify(&channel, "via the service").await.unwrap();
+    assert_eq!(
+        next_notification(&mut sub).await.payload(),
+        "via the service"
+    );
+    listener.shutdown().await;
+
+    // The connection string wins over the service: a wrong port makes it fail.
+    let overridden = Listener::builder(&format!(
+        "service=events servicefile={} user=postgres port=1",
+        file.display()
+    ))
+    .connect_timeout(Duration::from_secs(2))
+    .connect()
+    .await
+    .unwrap_err();
+    assert_eq!(
+        overridden.kind(),
+        ErrorKind::Connect,
+        "{}",
+        error_report(&overridden)
+    );
+
+    // An unknown service is named.
+    let missing = Listener::builder(&format!(
+        "service=nosuch servicefile={} user=postgres",
+        file.display()
+    ))
+    .connect_lazy()
+    .unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::Config);
+    assert!(missing.to_string().contains("`nosuch`"), "{missing}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
