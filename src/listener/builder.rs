@@ -249,18 +249,26 @@ impl ListenerBuilder {
 ///
 /// Several hosts are tried in order on every connection attempt, the first one included
 /// and every reconnect (`load_balance_hosts=random` shuffles them each time); each host
-/// gets `connect_timeout` seconds if set, else its share of
-/// [`connect_timeout`](ListenerBuilder::connect_timeout). LISTEN needs a primary, so a
-/// server in recovery (`pg_is_in_recovery()`) counts as a failed host;
+/// gets the whole `connect_timeout` (seconds, at least 2; `0` for no bound), as in
+/// libpq, or else [`connect_timeout`](ListenerBuilder::connect_timeout). LISTEN needs a
+/// primary, so a server in recovery (`pg_is_in_recovery()`) counts as a failed host;
 /// `target_session_attrs` may be `any`, `primary` or `read-write`.
 /// [`ReconnectReport::host`](crate::ReconnectReport::host) says which host was reached.
+/// With no `host` and no `hostaddr`, the Unix socket in `/var/run/postgresql` or `/tmp`
+/// is used where the server has one for the port, else TCP to `localhost`.
 ///
-/// Unlike libpq, pglisten reads no files and no environment by itself: there are no
-/// defaults from `~/.postgresql/` or `~/.pgpass`, a missing host means `localhost`, and
-/// a user name is required. The environment is read only by
+/// Files, as libpq reads them: the password file (`passfile`, else `~/.pgpass`; ignored
+/// with a warning when group or others may read it) for a connection with no password,
+/// and connection service files (`service=NAME`, from `servicefile`, `PGSERVICEFILE` or
+/// `~/.pg_service.conf`, then `pg_service.conf` in `PGSYSCONFDIR` or
+/// `/etc/postgresql-common`). Other libpq defaults are not read: nothing from
+/// `~/.postgresql/` (give `sslrootcert`, `sslcert` and `sslkey`), and a user name is
+/// required. The environment's connection options are read only by
 /// [`from_env`](ListenerBuilder::from_env) and
-/// [`env_defaults`](ListenerBuilder::env_defaults). Certificate files are read again on
-/// every connection attempt, so renewed files are picked up when reconnecting.
+/// [`env_defaults`](ListenerBuilder::env_defaults) (the file locations `HOME`,
+/// `PGSERVICEFILE` and `PGSYSCONFDIR` are looked up when a file is needed).
+/// Certificate files are read again on every connection attempt, so renewed files are
+/// picked up when reconnecting.
 ///
 /// No password, key or token appears in any `Debug` or `Display` output, error or log
 /// line.
@@ -269,8 +277,9 @@ impl ListenerBuilder {
     /// arguments would: `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
     /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGAPPNAME` and `PGCONNECT_TIMEOUT`, and also
     /// `PGHOSTADDR`, `PGOPTIONS`, `PGSSLCERT`, `PGSSLKEY`, `PGSSLNEGOTIATION`,
-    /// `PGCHANNELBINDING`, `PGTARGETSESSIONATTRS` and `PGLOADBALANCEHOSTS`. The
-    /// environment is read once, here; empty variables count as unset.
+    /// `PGCHANNELBINDING`, `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS`, `PGPASSFILE`,
+    /// `PGSERVICE` and `PGSERVICEFILE`. The environment is read once, here; empty
+    /// variables count as unset.
     ///
     /// pglisten never reads the environment unless asked to: see also
     /// [`env_defaults`](ListenerBuilder::env_defaults).
