@@ -106,6 +106,25 @@ pub(crate) const ENV_VARS: &[(&str, &str)] = &[
     ("PGCONNECT_TIMEOUT", "connect_timeout"),
     ("PGTARGETSESSIONATTRS", "target_session_attrs"),
     ("PGLOADBALANCEHOSTS", "load_balance_hosts"),
+    ("PGSSLSNI", "sslsni"),
+    // The rest of libpq's documented variables: read, so that one pglisten cannot honour
+    // is refused by name instead of silently ignored.
+    ("PGREQUIREAUTH", "require_auth"),
+    ("PGREQUIRESSL", "requiressl"),
+    ("PGSSLCOMPRESSION", "sslcompression"),
+    ("PGSSLCERTMODE", "sslcertmode"),
+    ("PGSSLCRL", "sslcrl"),
+    ("PGSSLCRLDIR", "sslcrldir"),
+    ("PGREQUIREPEER", "requirepeer"),
+    ("PGSSLMINPROTOCOLVERSION", "ssl_min_protocol_version"),
+    ("PGSSLMAXPROTOCOLVERSION", "ssl_max_protocol_version"),
+    ("PGGSSENCMODE", "gssencmode"),
+    ("PGKRBSRVNAME", "krbsrvname"),
+    ("PGGSSLIB", "gsslib"),
+    ("PGGSSDELEGATION", "gssdelegation"),
+    ("PGCLIENTENCODING", "client_encoding"),
+    ("PGMINPROTOCOLVERSION", "min_protocol_version"),
+    ("PGMAXPROTOCOLVERSION", "max_protocol_version"),
 ];
 
 /// Reads the libpq environment variables in [`ENV_VARS`] through `lookup`; unset and
@@ -303,6 +322,15 @@ impl ConnInfo {
             }
         }
         for (key, value) in defaults {
+            check_key(key).map_err(|e| {
+                let var = ENV_VARS
+                    .iter()
+                    .find(|(_, k)| k == key)
+                    .map_or("the environment", |(var, _)| var);
+                config_error(format!(
+                    "{var} (read by from_env/env_defaults): {e}; unset it"
+                ))
+            })?;
             params.entry(key.clone()).or_insert_with(|| value.clone());
         }
         build(params)
@@ -1019,6 +1047,24 @@ mod tests {
         assert_eq!(p.host_timeout, HostTimeout::Bound(Duration::from_secs(7)));
         let p = ConnInfo::parse("", &defaults).unwrap();
         assert_eq!(p.describe(), "envhost:6000/envuser as envuser");
+    }
+
+    #[test]
+    fn environment_variables_pglisten_cannot_honour_are_refused_by_name() {
+        for (var, value) in [
+            ("PGREQUIREAUTH", "scram-sha-256"),
+            ("PGSSLCRL", "/etc/crl.pem"),
+            ("PGMAXPROTOCOLVERSION", "3.2"),
+        ] {
+            let defaults = env_defaults(|v| (v == var).then(|| value.to_owned()));
+            assert_eq!(defaults.len(), 1, "{var} is read");
+            let Err(e) = ConnInfo::parse("user=u", &defaults) else {
+                panic!("{var} accepted");
+            };
+            assert!(e.to_string().contains(var), "{e}");
+        }
+        let defaults = env_defaults(|v| (v == "PGSSLSNI").then(|| "0".to_owned()));
+        assert!(!ConnInfo::parse("user=u", &defaults).unwrap().sslsni);
     }
 
     #[test]
