@@ -57,10 +57,37 @@ const OWN_KEYS: &[&str] = &[
     "fallback_application_name",
     // libpq reads it in milliseconds; tokio-postgres would read seconds.
     "tcp_user_timeout",
+    // libpq's name for tokio-postgres's keepalives_retries.
+    "keepalives_count",
     "passfile",
     // Read by `ConnInfo::parse` (the service file's options).
     "service",
     "servicefile",
+];
+
+/// libpq keys whose harmless values pglisten accepts (checked in `build`): what they
+/// ask for is what pglisten does anyway, or what it can honour.
+const HARMLESS_VALUE_KEYS: &[&str] = &[
+    "gssencmode",
+    "sslcompression",
+    "client_encoding",
+    "sslcertmode",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+];
+
+/// Keys of libpq 16, 17 and 18 that pglisten does not support yet.
+const NEWER_LIBPQ_KEYS: &[&str] = &[
+    "require_auth",
+    "sslkeylogfile",
+    "min_protocol_version",
+    "max_protocol_version",
+    "scram_client_key",
+    "scram_server_key",
+    "oauth_issuer",
+    "oauth_client_id",
+    "oauth_client_secret",
+    "oauth_scope",
 ];
 
 /// libpq keys that pglisten knows about but does not support.
@@ -68,19 +95,12 @@ const UNSUPPORTED_LIBPQ_KEYS: &[&str] = &[
     "sslpassword",
     "sslcrl",
     "sslcrldir",
-    "sslcompression",
-    "sslcertmode",
-    "ssl_min_protocol_version",
-    "ssl_max_protocol_version",
     "requiressl",
     "requirepeer",
-    "require_auth",
-    "gssencmode",
     "gsslib",
     "gssdelegation",
     "krbsrvname",
     "replication",
-    "client_encoding",
     "tty",
 ];
 
@@ -285,6 +305,8 @@ pub(crate) struct ConnInfo {
     pub(crate) host_timeout: HostTimeout,
     /// `load_balance_hosts=random`: try the hosts in random order.
     pub(crate) random_order: bool,
+    /// `ssl_min_protocol_version` / `ssl_max_protocol_version`.
+    pub(crate) tls_versions: TlsVersions,
     /// libpq's `passfile`: where a connection with no password looks for one
     /// (`None`: `~/.pgpass`).
     pub(crate) passfile: Option<PathBuf>,
@@ -395,8 +417,22 @@ fn parse_params(text: &str) -> Result<BTreeMap<String, String>> {
 
 /// Refuses keys pglisten does not support, naming them.
 fn check_key(key: &str) -> Result<()> {
-    if DRIVER_KEYS.contains(&key) || OWN_KEYS.contains(&key) {
+    if key == "keepalives_retries" {
+        // tokio-postgres's name, which libpq does not know.
+        Err(config_error(
+            "invalid connection string: `keepalives_retries` is not a libpq option; libpq \
+             calls it keepalives_count",
+        ))
+    } else if DRIVER_KEYS.contains(&key)
+        || OWN_KEYS.contains(&key)
+        || HARMLESS_VALUE_KEYS.contains(&key)
+    {
         Ok(())
+    } else if NEWER_LIBPQ_KEYS.contains(&key) {
+        Err(config_error(format!(
+            "invalid connection string: `{key}` (an option of libpq 16 to 18) is not supported \
+             by pglisten yet; remove it"
+        )))
     } else if UNSUPPORTED_LIBPQ_KEYS.contains(&key) {
         Err(config_error(format!(
             "invalid connection string: the libpq option `{key}` is not supported by pglisten; \
@@ -608,6 +644,101 @@ fn quote(value: &str) -> String {
     quoted
 }
 
+/// The TLS versions `ssl_min_protocol_version` and `ssl_max_protocol_version` allow, of
+/// the two rustls speaks (1.2 and 1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TlsVersions {
+    pub(crate) tls12: bool,
+    pub(crate) tls13: bool,
+}
+
+impl TlsVersions {
+    /// Both versions: the default.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) const ANY: TlsVersions = TlsVersions {
+        tls12: true,
+        tls13: true,
+    };
+
+    fn from_params(params: &BTreeMap<String, String>) -> Result<TlsVersions> {
+        // libpq's values; below 1.2 only as a minimum (nothing older is ever used).
+        let rank = |key: &str, allow_old: bool| -> Result<Option<u8>> {
+            match params.get(key).map(|v| v.trim()) {
+                None | Some("") => Ok(None),
+                Some("TLSv1" | "TLSv1.1") if allow_old => Ok(Some(12)),
+                Some("TLSv1.2") => Ok(Some(12)),
+                Some("TLSv1.3") => Ok(Some(13)),
+                Some("TLSv1" | "TLSv1.1") => Err(config_error(format!(
+                    "{key}: pglisten's TLS library speaks TLS 1.2 and 1.3 only; use TLSv1.2 or \
+                     TLSv1.3"
+                ))),
+                Some(_) => Err(invalid_value(key, "TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3")),
+            }
+        };
+        let min = rank("ssl_min_protocol_version", true)?.unwrap_or(12);
+        let max = rank("ssl_max_protocol_version", false)?.unwrap_or(13);
+        if min > max {
+            return Err(config_error(
+                "ssl_min_protocol_version is above ssl_max_protocol_version: no TLS version is \
+                 left",
+            ));
+        }
+        Ok(TlsVersions {
+            tls12: min <= 12,
+            tls13: max >= 13,
+        })
+    }
+}
+
+/// libpq options whose values pglisten accepts only where they ask for what it does.
+fn check_harmless_values(params: &BTreeMap<String, String>, has_sslcert: bool) -> Result<()> {
+    let value = |key: &str| params.get(key).map(|v| v.trim().to_owned());
+    match value("gssencmode").as_deref() {
+        None | Some("disable" | "prefer") => {}
+        Some("require") => {
+            return Err(config_error(
+                "gssencmode=require cannot be honoured: pglisten has no GSSAPI encryption; use \
+                 TLS (sslmode=require or stronger) instead",
+            ));
+        }
+        Some(_) => return Err(invalid_value("gssencmode", "disable, prefer or require")),
+    }
+    // Ignored by libpq since PostgreSQL 14 (no TLS compression anywhere).
+    match value("sslcompression").as_deref() {
+        None | Some("0" | "1") => {}
+        Some(_) => return Err(invalid_value("sslcompression", "0 or 1")),
+    }
+    if let Some(encoding) = value("client_encoding") {
+        let utf8 = encoding
+            .replace(['-', '_'], "")
+            .eq_ignore_ascii_case("utf8");
+        if !utf8 && !encoding.eq_ignore_ascii_case("auto") {
+            return Err(config_error(
+                "client_encoding: pglisten always uses UTF8 (payloads are Rust strings); use \
+                 client_encoding=UTF8 or remove it",
+            ));
+        }
+    }
+    match value("sslcertmode").as_deref() {
+        None | Some("allow") => {}
+        Some("disable") if has_sslcert => {
+            return Err(config_error(
+                "sslcertmode=disable with sslcert: the client certificate would never be sent; \
+                 remove one of them",
+            ));
+        }
+        Some("disable") => {}
+        Some("require") => {
+            return Err(config_error(
+                "sslcertmode=require is not supported by pglisten; use sslcertmode=allow (the \
+                 certificate of sslcert is sent when the server asks for it)",
+            ));
+        }
+        Some(_) => return Err(invalid_value("sslcertmode", "disable, allow or require")),
+    }
+    Ok(())
+}
+
 fn invalid_value(key: &str, expected: &str) -> Error {
     config_error(format!(
         "invalid connection string: invalid value for `{key}`; expected {expected}"
@@ -634,6 +765,14 @@ fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
                 "any, primary or read-write",
             ));
         }
+    }
+
+    if let Some(count) = params.remove("keepalives_count") {
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| invalid_value("keepalives_count", "a whole number of probes"))?;
+        params.insert("keepalives_retries".to_owned(), count.to_string());
     }
 
     let mut text = String::new();
@@ -730,6 +869,8 @@ fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
         }
         _ => {}
     }
+    check_harmless_values(&params, sslcert.is_some())?;
+    let tls_versions = TlsVersions::from_params(&params)?;
     let sslsni = match params.get("sslsni").map(String::as_str) {
         None | Some("1") => true,
         Some("0") => false,
@@ -765,6 +906,7 @@ fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
         .map(PathBuf::from);
     Ok(ConnInfo {
         passfile,
+        tls_versions,
         base,
         hosts,
         sslmode,
@@ -1047,6 +1189,58 @@ mod tests {
         assert_eq!(p.host_timeout, HostTimeout::Bound(Duration::from_secs(7)));
         let p = ConnInfo::parse("", &defaults).unwrap();
         assert_eq!(p.describe(), "envhost:6000/envuser as envuser");
+    }
+
+    #[test]
+    fn harmless_libpq_values_are_accepted_and_the_others_named() {
+        for ok in [
+            "gssencmode=disable",
+            "gssencmode=prefer",
+            "sslcompression=0",
+            "sslcompression=1",
+            "client_encoding=UTF8",
+            "client_encoding=utf-8",
+            "client_encoding=auto",
+            "sslcertmode=disable",
+            "sslcertmode=allow",
+            "ssl_min_protocol_version=TLSv1.2",
+            "ssl_max_protocol_version=TLSv1.3",
+        ] {
+            plan(&format!("user=u {ok}"));
+        }
+        for (bad, named) in [
+            ("gssencmode=require", "gssencmode"),
+            ("client_encoding=LATIN1", "client_encoding"),
+            ("sslcertmode=require", "sslcertmode"),
+            (
+                "ssl_max_protocol_version=TLSv1.1",
+                "ssl_max_protocol_version",
+            ),
+            (
+                "ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2",
+                "above",
+            ),
+            ("sslkeylogfile=/tmp/keys", "libpq 16 to 18"),
+            ("min_protocol_version=3.2", "libpq 16 to 18"),
+        ] {
+            let e = err(&format!("user=u {bad}"));
+            assert!(e.to_string().contains(named), "{bad}: {e}");
+        }
+        let versions = |text: &str| plan(&format!("user=u {text}")).tls_versions;
+        assert_eq!(versions(""), TlsVersions::ANY);
+        assert!(!versions("ssl_min_protocol_version=TLSv1.3").tls12);
+        assert!(!versions("ssl_max_protocol_version=TLSv1.2").tls13);
+        assert_eq!(versions("ssl_min_protocol_version=TLSv1"), TlsVersions::ANY);
+    }
+
+    #[test]
+    fn keepalives_count_is_libpqs_name_for_the_probe_count() {
+        let p = plan("user=u keepalives_count=7");
+        assert_eq!(p.base.get_keepalives_retries(), Some(7));
+        let e = err("user=u keepalives_retries=7");
+        assert!(e.to_string().contains("keepalives_count"), "{e}");
+        let e = err("user=u keepalives_count=many");
+        assert!(e.to_string().contains("keepalives_count"), "{e}");
     }
 
     #[test]

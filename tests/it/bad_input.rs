@@ -390,3 +390,28 @@ async fn every_call_after_shutdown_fails_with_closed_and_other_listeners_keep_wo
         assert_working(&survivor, &mut control, "after shutdown").await;
     }
 }
+
+#[tokio::test]
+async fn libpq_options_with_harmless_values_connect_and_deliver() {
+    let url = shared_url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    for option in [
+        "keepalives_count=4",
+        "gssencmode=disable",
+        "sslcompression=0",
+        "client_encoding=UTF8",
+        "ssl_min_protocol_version=TLSv1.2",
+        "ssl_max_protocol_version=TLSv1.3",
+        "sslcertmode=disable",
+        "sslcertmode=allow",
+    ] {
+        let listener = Listener::connect(&format!("{url}{separator}{option}"))
+            .await
+            .unwrap_or_else(|e| panic!("{option}: {}", error_report(&e)));
+        let channel = unique("harmless");
+        let mut sub = listener.subscribe([&channel]).await.unwrap();
+        listener.notify(&channel, option).await.unwrap();
+        assert_eq!(next_notification(&mut sub).await.payload(), option);
+        listener.shutdown().await;
+    }
+}

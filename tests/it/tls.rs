@@ -836,3 +836,23 @@ async fn a_users_tls_config_gets_the_postgresql_alpn_for_direct_tls() {
         "no ALPN postgresql in the ClientHello"
     );
 }
+
+#[tokio::test]
+async fn ssl_min_and_max_protocol_version_are_honoured() {
+    let server = tls_server().await;
+    for (bounds, expected) in [
+        ("ssl_min_protocol_version=TLSv1.3", "TLSv1.3"),
+        ("ssl_max_protocol_version=TLSv1.2", "TLSv1.2"),
+    ] {
+        let url = format!("{}&{bounds}", server.verified_url());
+        let listener = Listener::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{bounds}: {}", error_report(&e)));
+        let pid = listener.backend_pid().unwrap();
+        let version = server.psql(&format!(
+            "SELECT version FROM pg_stat_ssl WHERE pid = {pid}"
+        ));
+        assert_eq!(version, expected, "{bounds}");
+        listener.shutdown().await;
+    }
+}

@@ -18,7 +18,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 mod verify;
 
 use self::verify::LibpqVerifier;
-use super::conninfo::{ConnInfo, RootCert, SslMode};
+use super::conninfo::{ConnInfo, RootCert, SslMode, TlsVersions};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The ALPN protocol name of PostgreSQL's direct TLS connections.
@@ -62,6 +62,7 @@ pub(crate) struct TlsSetup {
     mode: SslMode,
     client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
     sni: bool,
+    versions: TlsVersions,
 }
 
 impl std::fmt::Debug for TlsSetup {
@@ -87,6 +88,10 @@ impl TlsSetup {
                 ("sslrootcert", plan.sslrootcert.is_some()),
                 ("sslcert", plan.sslcert.is_some()),
                 ("sslkey", plan.sslkey.is_some()),
+                (
+                    "ssl_min_protocol_version/ssl_max_protocol_version",
+                    plan.tls_versions != TlsVersions::ANY,
+                ),
             ]
             .iter()
             .filter(|(_, set)| *set)
@@ -127,6 +132,7 @@ impl TlsSetup {
             mode: plan.sslmode,
             client_cert: plan.sslcert.clone().zip(plan.sslkey.clone()),
             sni: plan.sslsni,
+            versions: plan.tls_versions,
         };
         setup.connector()?;
         Ok(setup)
@@ -158,8 +164,15 @@ impl TlsSetup {
             (Some(roots), _) => Verify::Chain(roots),
         };
         let provider = provider();
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
+            (self.versions.tls12, &rustls::version::TLS12),
+            (self.versions.tls13, &rustls::version::TLS13),
+        ]
+        .into_iter()
+        .filter_map(|(allowed, version)| allowed.then_some(version))
+        .collect();
         let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(&versions)
             .map_err(|e| {
                 Error::with_source(
                     ErrorKind::Tls,
