@@ -249,12 +249,42 @@ impl Error {
 /// chain by itself.
 pub(crate) struct Chain<'a>(pub(crate) &'a Error);
 
+/// An error whose text may hold a secret (the credentials hook's own error): shown by
+/// pglisten as a fixed sentence, in `Display`, `Debug` and its log lines ([`Chain`]
+/// stops here), and reachable as its `source()` for an application's own reporter.
+pub(crate) struct Redacted(pub(crate) Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl fmt::Display for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "the credentials hook's own error (not shown, as it may hold a secret; it is this \
+             error's source)",
+        )
+    }
+}
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Redacted(..)")
+    }
+}
+
+impl std::error::Error for Redacted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.inner.message)?;
         let mut cause = std::error::Error::source(self.0);
         while let Some(error) = cause {
             write!(f, ": {error}")?;
+            // What lies behind a redacted error may hold a secret.
+            if error.is::<Redacted>() {
+                break;
+            }
             cause = error.source();
         }
         Ok(())

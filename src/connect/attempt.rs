@@ -18,7 +18,7 @@ use super::messages::{MessageStream, drive, message_stream};
 use super::passfile;
 #[cfg(feature = "tls")]
 use super::tls::TlsSetup;
-use crate::error::{Chain, Error, ErrorKind, Result};
+use crate::error::{Chain, Error, ErrorKind, Redacted, Result};
 use crate::random::SplitMix64;
 
 /// A TLS configuration of the user's own, given to `ListenerBuilder::tls_config`
@@ -167,7 +167,7 @@ impl ConnectConfig {
                 Error::with_source(
                     ErrorKind::Authentication,
                     "the credentials hook failed, so this connection attempt was not made",
-                    e,
+                    Redacted(e),
                 )
             })?;
             if let Some(user) = &credentials.user {

@@ -439,9 +439,14 @@ fn check_key(key: &str) -> Result<()> {
              remove it"
         )))
     } else {
+        // Not shown: an unknown word may be part of a secret (an unquoted password).
+        let suggestion = closest_key(key)
+            .map(|known| format!(" (did you mean `{known}`?)"))
+            .unwrap_or_default();
         Err(config_error(format!(
-            "invalid connection string: unknown option `{key}`; expected libpq options such as \
-             host, port, user, password, dbname, sslmode, sslrootcert, sslcert, sslkey"
+            "invalid connection string: an option pglisten does not know{suggestion}; \
+             expected libpq options such as host, port, user, password, dbname, sslmode, \
+             sslrootcert, sslcert, sslkey"
         )))
     }
 }
@@ -449,7 +454,7 @@ fn check_key(key: &str) -> Result<()> {
 /// `key=value` pairs separated by spaces; values may be single-quoted, and `\` escapes
 /// the next character.
 fn parse_key_values(text: &str) -> Result<Vec<(String, String)>> {
-    let mut pairs = Vec::new();
+    let mut pairs: Vec<(String, String)> = Vec::new();
     let mut chars = text.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -462,8 +467,18 @@ fn parse_key_values(text: &str) -> Result<Vec<(String, String)>> {
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
+            // The stray word may be part of the previous value (a password with a space,
+            // say): it is never shown, only where it is.
+            let after = match pairs.last() {
+                Some((previous, _)) if is_known_key(previous) => format!(
+                    " after the value of `{previous}` (a value with spaces must be quoted: \
+                     {previous}='...')"
+                ),
+                Some(_) => format!(" (word {} of the string)", pairs.len() + 1),
+                None => " at the start".to_owned(),
+            };
             return Err(config_error(format!(
-                "invalid connection string: missing \"=\" after `{key}`; expected a URL like \
+                "invalid connection string: a word without \"=\"{after}; expected a URL like \
                  postgres://user@host/db or key=value pairs like \"host=db user=app\""
             )));
         }
@@ -498,38 +513,98 @@ fn parse_key_values(text: &str) -> Result<Vec<(String, String)>> {
 
 fn unterminated(key: &str) -> Error {
     config_error(format!(
-        "invalid connection string: the quoted value of `{key}` has no closing quote"
+        "invalid connection string: the quoted value of {} has no closing quote",
+        shown_key(key)
     ))
+}
+
+/// Whether `key` is one pglisten knows (so that it can be shown: it is not user text
+/// that might be part of a secret).
+fn is_known_key(key: &str) -> bool {
+    key == "keepalives_retries"
+        || [
+            DRIVER_KEYS,
+            OWN_KEYS,
+            HARMLESS_VALUE_KEYS,
+            NEWER_LIBPQ_KEYS,
+            UNSUPPORTED_LIBPQ_KEYS,
+        ]
+        .iter()
+        .any(|list| list.contains(&key))
+}
+
+/// A key for a message: named if pglisten knows it, else described.
+fn shown_key(key: &str) -> String {
+    if is_known_key(key) {
+        format!("`{key}`")
+    } else {
+        "an option pglisten does not know".to_owned()
+    }
+}
+
+/// The known key closest to an unknown one (a typo), if any is close.
+fn closest_key(key: &str) -> Option<&'static str> {
+    [DRIVER_KEYS, OWN_KEYS, HARMLESS_VALUE_KEYS]
+        .iter()
+        .flat_map(|list| list.iter().copied())
+        .map(|known| (edit_distance(key, known), known))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, known)| known)
+}
+
+/// Levenshtein distance, for typo suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// The part of a URL after `postgres://`:
 /// `[user[:password]@][host[:port][,host[:port]...]][/dbname][?key=value&...]`.
 fn parse_url(rest: &str) -> Result<Vec<(String, String)>> {
     let mut pairs = Vec::new();
+    // As libpq: user credentials end at the first `@` that comes before any `/`, so a
+    // password may hold `?` or `&` (but `/` and `@` must be percent-encoded).
+    let (userinfo, rest) = match rest.find(['@', '/']) {
+        Some(at) if rest[at..].starts_with('@') => (Some(&rest[..at]), &rest[at + 1..]),
+        _ => (None, rest),
+    };
     let (before_query, query) = match rest.split_once('?') {
         Some((before, query)) => (before, Some(query)),
         None => (rest, None),
     };
-    let (authority, path) = match before_query.split_once('/') {
-        Some((authority, path)) => (authority, Some(path)),
+    let (hosts, path) = match before_query.split_once('/') {
+        Some((hosts, path)) => (hosts, Some(path)),
         None => (before_query, None),
     };
-    let hosts = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let (user, password) = match userinfo.split_once(':') {
-                Some((user, password)) => (user, Some(password)),
-                None => (userinfo, None),
-            };
-            if !user.is_empty() {
-                pairs.push(("user".to_owned(), decode(user, "the user name")?));
-            }
-            if let Some(password) = password {
-                pairs.push(("password".to_owned(), decode(password, "the password")?));
-            }
-            hosts
+    if hosts.contains('@') || path.is_some_and(|p| p.contains('@')) {
+        return Err(config_error(
+            "invalid connection string: the URL has an `@` after its user name and password \
+             (a password holding `/` or `@` must percent-encode them, as %2F and %40)",
+        ));
+    }
+    if let Some(userinfo) = userinfo {
+        let (user, password) = match userinfo.split_once(':') {
+            Some((user, password)) => (user, Some(password)),
+            None => (userinfo, None),
+        };
+        if !user.is_empty() {
+            pairs.push(("user".to_owned(), decode(user, "the user name")?));
         }
-        None => authority,
-    };
+        if let Some(password) = password {
+            pairs.push(("password".to_owned(), decode(password, "the password")?));
+        }
+    }
     if !hosts.is_empty() {
         let mut names = Vec::new();
         let mut ports = Vec::new();
@@ -548,14 +623,16 @@ fn parse_url(rest: &str) -> Result<Vec<(String, String)>> {
     if let Some(path) = path.filter(|p| !p.is_empty()) {
         pairs.push(("dbname".to_owned(), decode(path, "the database name")?));
     }
-    for param in query.into_iter().flat_map(|q| q.split('&')) {
+    for (number, param) in query.into_iter().flat_map(|q| q.split('&')).enumerate() {
         if param.is_empty() {
             continue;
         }
         let Some((key, value)) = param.split_once('=') else {
+            // Not shown: it may be the rest of a value holding `&`.
             return Err(config_error(format!(
-                "invalid connection string: URL parameter `{}` has no \"=value\"",
-                decode(param, "a URL parameter").unwrap_or_default()
+                "invalid connection string: URL parameter number {} has no \"=value\" (a \
+                 value holding `&` must percent-encode it as %26)",
+                number + 1
             )));
         };
         let key = decode(key, "a URL parameter name")?;
@@ -1103,13 +1180,28 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_and_unknown_keys_are_named() {
+    fn unsupported_keys_are_named_and_unknown_ones_never_shown() {
         let e = err("user=u sslcrl=/x");
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.to_string().contains("`sslcrl`"), "{e}");
         assert!(e.to_string().contains("not supported"), "{e}");
+        // An unknown word may be part of a secret: never shown, but a typo gets a hint.
         let e = err("postgres://u@h/db?frobnicate=1");
-        assert!(e.to_string().contains("`frobnicate`"), "{e}");
+        assert!(!e.to_string().contains("frobnicate"), "{e}");
+        let e = err("user=u sslmdoe=require");
+        assert!(!e.to_string().contains("sslmdoe"), "{e}");
+        assert!(e.to_string().contains("did you mean `sslmode`"), "{e}");
+    }
+
+    #[test]
+    fn a_url_password_may_hold_question_marks_and_ampersands() {
+        let p = plan("postgres://app:pa?ss&word@db/app?sslmode=disable");
+        assert_eq!(p.base.get_password(), Some(&b"pa?ss&word"[..]));
+        assert_eq!(p.base.get_dbname(), Some("app"));
+        assert_eq!(p.sslmode, SslMode::Disable);
+        // A `/` before the `@`: libpq reads no user there, and so the `@` is refused.
+        let e = err("postgres://app:1234/secretpart@db/app");
+        assert!(!e.to_string().contains("secretpart"), "{e}");
     }
 
     #[test]

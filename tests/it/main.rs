@@ -19,6 +19,7 @@ mod lifecycle;
 mod misbehaving;
 mod pooler;
 mod reconnect;
+mod secrets;
 mod server_language;
 mod soak;
 mod stats;
