@@ -270,6 +270,31 @@ impl ListenerBuilder {
 /// Certificate files are read again on every connection attempt, so renewed files are
 /// picked up when reconnecting.
 ///
+/// Where pglisten reads a connection string differently from libpq, on purpose or for
+/// now; every other difference is a bug. A key it cannot honour is refused with an
+/// [`ErrorKind::Config`] error that names it, never ignored.
+///
+/// | libpq | pglisten | why |
+/// |---|---|---|
+/// | `target_session_attrs=any`, `prefer-standby` | `any` means `primary`; the standby values are refused | LISTEN only works on a primary |
+/// | no user: the operating system's user name | a user name is required | a listener's identity should be explicit |
+/// | the environment is always read | only by `from_env` / `env_defaults`; all of libpq's connection variables are then read, and refused by name where not supported | no surprise from a process's environment |
+/// | `PGDATESTYLE`, `PGTZ`, `PGGEQO` | not read | they only change how the session formats results; a listener reads none |
+/// | `~/.postgresql/root.crt`, `postgresql.crt`, `postgresql.key`, `root.crl` | not read: give `sslrootcert`, `sslcert`, `sslkey` | explicit files |
+/// | no host: one compile-time socket directory | `/var/run/postgresql`, then `/tmp`, else TCP `localhost` | the two directories libpq builds use |
+/// | `host=@name` (abstract Unix socket) | refused | the driver cannot connect to one |
+/// | service file system directory: compile-time `sysconfdir` | `PGSYSCONFDIR`, else `/etc/postgresql-common` | Debian's and Ubuntu's libpq |
+/// | `load_balance_hosts=random` shuffles hosts and each host's addresses | shuffles hosts | the driver resolves and orders a name's addresses |
+/// | `sslpassword` (encrypted client keys) | refused | not supported yet: decrypt the key (`openssl pkey -in key.pem -out plain.pem`) and protect the file |
+/// | `sslcrl`, `sslcrldir` | refused | not supported yet |
+/// | `sslcertmode=require` | refused (`disable`, `allow` accepted) | not supported |
+/// | `gssencmode=require`, `krbsrvname`, `gsslib`, `gssdelegation` | refused (`gssencmode=disable`/`prefer` accepted) | no GSSAPI |
+/// | `require_auth`, `sslkeylogfile`, `min_protocol_version`, `max_protocol_version`, `scram_client_key`, `scram_server_key`, `oauth_*` (libpq 16-18) | refused | not supported yet |
+/// | `ssl_min_protocol_version=TLSv1` or `TLSv1.1` | met with TLS 1.2 or 1.3 | the TLS library speaks nothing older (a maximum below 1.2 is refused) |
+/// | `client_encoding` | `UTF8` (or `auto`) only | payloads are Rust strings |
+/// | `requiressl`, `requirepeer`, `replication`, `tty` | refused | obsolete, or meaningless for a listener |
+/// | `keepalives_retries` is not a libpq key | refused, naming `keepalives_count` | tokio-postgres's name for it |
+///
 /// No password, key or token appears in any `Debug` or `Display` output, error or log
 /// line.
 impl ListenerBuilder {
