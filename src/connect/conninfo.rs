@@ -51,6 +51,8 @@ const OWN_KEYS: &[&str] = &[
     "sslrootcert",
     "sslcert",
     "sslkey",
+    "sslcrl",
+    "sslcrldir",
     "sslsni",
     "target_session_attrs",
     "load_balance_hosts",
@@ -93,8 +95,6 @@ const NEWER_LIBPQ_KEYS: &[&str] = &[
 /// libpq keys that pglisten knows about but does not support.
 const UNSUPPORTED_LIBPQ_KEYS: &[&str] = &[
     "sslpassword",
-    "sslcrl",
-    "sslcrldir",
     "requiressl",
     "requirepeer",
     "gsslib",
@@ -299,6 +299,9 @@ pub(crate) struct ConnInfo {
     pub(crate) sslrootcert: Option<RootCert>,
     pub(crate) sslcert: Option<PathBuf>,
     pub(crate) sslkey: Option<PathBuf>,
+    /// Certificate revocation lists: a PEM file, and a directory of them.
+    pub(crate) sslcrl: Option<PathBuf>,
+    pub(crate) sslcrldir: Option<PathBuf>,
     /// Send the host name in the TLS handshake (SNI).
     pub(crate) sslsni: bool,
     /// libpq's `connect_timeout`: a bound on each host.
@@ -933,6 +936,7 @@ fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
     }
     let path = |key: &str| params.get(key).filter(|v| !v.is_empty()).map(PathBuf::from);
     let (sslcert, sslkey) = (path("sslcert"), path("sslkey"));
+    let (sslcrl, sslcrldir) = (path("sslcrl"), path("sslcrldir"));
     match (&sslcert, &sslkey) {
         (Some(_), None) => {
             return Err(config_error(
@@ -990,6 +994,8 @@ fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
         sslrootcert,
         sslcert,
         sslkey,
+        sslcrl,
+        sslcrldir,
         sslsni,
         host_timeout,
         random_order,
@@ -1181,9 +1187,9 @@ mod tests {
 
     #[test]
     fn unsupported_keys_are_named_and_unknown_ones_never_shown() {
-        let e = err("user=u sslcrl=/x");
+        let e = err("user=u sslpassword=x");
         assert_eq!(e.kind(), ErrorKind::Config);
-        assert!(e.to_string().contains("`sslcrl`"), "{e}");
+        assert!(e.to_string().contains("`sslpassword`"), "{e}");
         assert!(e.to_string().contains("not supported"), "{e}");
         // An unknown word may be part of a secret: never shown, but a typo gets a hint.
         let e = err("postgres://u@h/db?frobnicate=1");
@@ -1339,7 +1345,7 @@ mod tests {
     fn environment_variables_pglisten_cannot_honour_are_refused_by_name() {
         for (var, value) in [
             ("PGREQUIREAUTH", "scram-sha-256"),
-            ("PGSSLCRL", "/etc/crl.pem"),
+            ("PGKRBSRVNAME", "postgres"),
             ("PGMAXPROTOCOLVERSION", "3.2"),
         ] {
             let defaults = env_defaults(|v| (v == var).then(|| value.to_owned()));

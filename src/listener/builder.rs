@@ -238,6 +238,10 @@ impl ListenerBuilder {
 /// | `verify-ca` | always | chain to `sslrootcert` (required); any host name |
 /// | `verify-full` | always | chain to `sslrootcert` (required) and host name |
 ///
+/// `sslcrl` (a PEM file) and `sslcrldir` (a directory of them) add revocation lists:
+/// every certificate of the chain is then checked, and one whose issuer has no list is
+/// refused, as libpq does.
+///
 /// `sslrootcert` is a PEM file (your provider's CA bundle) or `system` for the
 /// platform's trust store; `system` implies `verify-full` and refuses weaker modes (as
 /// libpq 16). `sslcert` + `sslkey` (PEM files) log in with a client certificate.
@@ -286,7 +290,6 @@ impl ListenerBuilder {
 /// | service file system directory: compile-time `sysconfdir` | `PGSYSCONFDIR`, else `/etc/postgresql-common` | Debian's and Ubuntu's libpq |
 /// | `load_balance_hosts=random` shuffles hosts and each host's addresses | shuffles hosts | the driver resolves and orders a name's addresses |
 /// | `sslpassword` (encrypted client keys) | refused | not supported yet: decrypt the key (`openssl pkey -in key.pem -out plain.pem`) and protect the file |
-/// | `sslcrl`, `sslcrldir` | refused | not supported yet |
 /// | `sslcertmode=require` | refused (`disable`, `allow` accepted) | not supported |
 /// | `gssencmode=require`, `krbsrvname`, `gsslib`, `gssdelegation` | refused (`gssencmode=disable`/`prefer` accepted) | no GSSAPI |
 /// | `require_auth`, `sslkeylogfile`, `min_protocol_version`, `max_protocol_version`, `scram_client_key`, `scram_server_key`, `oauth_*` (libpq 16-18) | refused | not supported yet |

@@ -26,8 +26,9 @@
 use std::io;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, string::Ia5String,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber, date_time_ymd, string::Ia5String,
 };
 
 use crate::ClusterBuilder;
@@ -149,6 +150,51 @@ impl TestCa {
             .push(DnType::CommonName, "pglisten test server");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign(params, "server certificate")
+    }
+
+    /// A server certificate for `names` with the serial number `serial`, signed by this
+    /// CA, and this CA's certificate revocation list (PEM) that revokes it when
+    /// `revoked` (else the list is empty): for `sslcrl` tests.
+    ///
+    /// # Errors
+    ///
+    /// If a name is invalid, or key generation or signing fails.
+    pub fn server_cert_and_crl(
+        &self,
+        names: &[&str],
+        serial: u64,
+        revoked: bool,
+    ) -> io::Result<(CertAndKey, String)> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).map_err(rcgen_error("server params"))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "pglisten test server");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.serial_number = Some(SerialNumber::from(serial));
+        let server = self.sign(params, "server certificate")?;
+        let revoked_certs = if revoked {
+            vec![RevokedCertParams {
+                serial_number: SerialNumber::from(serial),
+                revocation_time: date_time_ymd(2000, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            }]
+        } else {
+            Vec::new()
+        };
+        let crl = CertificateRevocationListParams {
+            this_update: date_time_ymd(2000, 1, 1),
+            next_update: date_time_ymd(4000, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .map_err(rcgen_error("revocation list"))?;
+        let crl_pem = crl.pem().map_err(rcgen_error("revocation list PEM"))?;
+        Ok((server, crl_pem))
     }
 
     /// A client certificate for `cert` authentication as `user` (its common name),

@@ -856,3 +856,49 @@ async fn ssl_min_and_max_protocol_version_are_honoured() {
         listener.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn sslcrl_refuses_a_revoked_server_certificate() {
+    let ca = TestCa::new("CA with a revocation list").expect("CA");
+    for revoked in [true, false] {
+        let (server, crl) = ca
+            .server_cert_and_crl(&["localhost"], 4242, revoked)
+            .expect("certificate and list");
+        let (cluster, root) = cluster_serving(server, ca.cert_pem().to_owned()).await;
+        let crl_file = root.with_file_name("crl.pem");
+        std::fs::write(&crl_file, crl).unwrap();
+        let url = format!(
+            "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}&sslcrl={}",
+            cluster.port(),
+            root.display(),
+            crl_file.display()
+        );
+        let result = Listener::builder(&url).self_check(false).connect().await;
+        if revoked {
+            let error = result.expect_err("a revoked certificate");
+            assert_eq!(error.kind(), ErrorKind::Tls, "{}", error_report(&error));
+            assert!(error.to_string().contains("revoked"), "{error}");
+            // The same list found in a directory (sslcrldir).
+            let dir = root.with_file_name("crls");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(&crl_file, dir.join("ca.r0")).unwrap();
+            let url = format!(
+                "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}&sslcrldir={}",
+                cluster.port(),
+                root.display(),
+                dir.display()
+            );
+            let error = Listener::builder(&url)
+                .self_check(false)
+                .connect()
+                .await
+                .expect_err("revoked, by sslcrldir");
+            assert_eq!(error.kind(), ErrorKind::Tls, "{}", error_report(&error));
+        } else {
+            result
+                .unwrap_or_else(|e| panic!("a list that revokes nothing: {}", error_report(&e)))
+                .shutdown()
+                .await;
+        }
+    }
+}

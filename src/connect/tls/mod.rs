@@ -11,7 +11,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -63,6 +65,9 @@ pub(crate) struct TlsSetup {
     client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
     sni: bool,
     versions: TlsVersions,
+    /// `sslcrl` and `sslcrldir`: read again on every attempt, like the roots.
+    crl_file: Option<std::path::PathBuf>,
+    crl_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for TlsSetup {
@@ -88,6 +93,8 @@ impl TlsSetup {
                 ("sslrootcert", plan.sslrootcert.is_some()),
                 ("sslcert", plan.sslcert.is_some()),
                 ("sslkey", plan.sslkey.is_some()),
+                ("sslcrl", plan.sslcrl.is_some()),
+                ("sslcrldir", plan.sslcrldir.is_some()),
                 (
                     "ssl_min_protocol_version/ssl_max_protocol_version",
                     plan.tls_versions != TlsVersions::ANY,
@@ -133,6 +140,8 @@ impl TlsSetup {
             client_cert: plan.sslcert.clone().zip(plan.sslkey.clone()),
             sni: plan.sslsni,
             versions: plan.tls_versions,
+            crl_file: plan.sslcrl.clone(),
+            crl_dir: plan.sslcrldir.clone(),
         };
         setup.connector()?;
         Ok(setup)
@@ -187,7 +196,7 @@ impl TlsSetup {
                 .with_custom_certificate_verifier(Arc::new(NoVerification { provider })),
             Verify::Chain(trust) | Verify::Full(trust) => {
                 let verifier = LibpqVerifier {
-                    webpki: webpki_verifier(trust.store, provider)?,
+                    webpki: webpki_verifier(trust.store, provider, self.revocation_lists()?)?,
                     pinned: trust.pinned,
                     check_name,
                 };
@@ -221,6 +230,36 @@ impl TlsSetup {
         Ok(MakeRustlsConnect::new(config))
     }
 
+    /// The revocation lists of `sslcrl` and `sslcrldir` (every file of the directory that
+    /// holds one; OpenSSL's hashed names are not needed).
+    fn revocation_lists(&self) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+        let mut lists = Vec::new();
+        if let Some(file) = &self.crl_file {
+            lists.extend(read_crls(file, "sslcrl")?);
+        }
+        if let Some(dir) = &self.crl_dir {
+            let entries = std::fs::read_dir(dir).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Config,
+                    format!(
+                        "sslcrldir {} cannot be read: give a directory of PEM revocation lists",
+                        dir.display()
+                    ),
+                    e,
+                )
+            })?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_file() {
+                    // Files that hold no list (an OpenSSL hash link's target aside) are
+                    // skipped, as OpenSSL does.
+                    lists.extend(read_crls(&path, "sslcrldir").unwrap_or_default());
+                }
+            }
+        }
+        Ok(lists)
+    }
+
     /// Whether this setup logs in with a client certificate (`sslcert`).
     pub(crate) fn sends_client_cert(&self) -> bool {
         self.client_cert.is_some()
@@ -242,16 +281,23 @@ impl TlsSetup {
 fn webpki_verifier(
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Arc<WebPkiServerVerifier>> {
-    WebPkiServerVerifier::builder_with_provider(roots, provider)
-        .build()
-        .map_err(|e| {
-            Error::with_source(
-                ErrorKind::Config,
-                format!("the root certificates cannot be used: {e}"),
-                e,
-            )
-        })
+    let builder = WebPkiServerVerifier::builder_with_provider(roots, provider);
+    let builder = if crls.is_empty() {
+        builder
+    } else {
+        // As libpq (OpenSSL's CRL_CHECK_ALL): every certificate of the chain is checked,
+        // and one whose issuer has no list is refused.
+        builder.with_crls(crls)
+    };
+    builder.build().map_err(|e| {
+        Error::with_source(
+            ErrorKind::Config,
+            format!("the root certificates cannot be used: {e}"),
+            e,
+        )
+    })
 }
 
 /// The platform's trust store, through rustls-native-certs.
@@ -297,6 +343,27 @@ fn file_roots(path: &Path) -> Result<Trust> {
         store: Arc::new(roots),
         pinned: Arc::new(certs),
     })
+}
+
+/// The PEM revocation lists in `path` (at least one).
+fn read_crls(path: &Path, key: &str) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let unreadable = |detail: String| {
+        Error::new(
+            ErrorKind::Config,
+            format!("{key} {} {detail}", path.display()),
+        )
+    };
+    let lists: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(|e| unreadable(format!("cannot be read: {}", describe_pem_error(&e))))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| unreadable(format!("is not valid PEM: {}", describe_pem_error(&e))))?;
+    if lists.is_empty() {
+        return Err(unreadable(
+            "holds no revocation list (-----BEGIN X509 CRL-----)".to_owned(),
+        ));
+    }
+    Ok(lists)
 }
 
 fn read_certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>> {
