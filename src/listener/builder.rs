@@ -238,6 +238,8 @@ impl ListenerBuilder {
 /// | `verify-ca` | always | chain to `sslrootcert` (required); any host name |
 /// | `verify-full` | always | chain to `sslrootcert` (required) and host name |
 ///
+/// As libpq, the `sslkey` file must be private (0600 or less; 0640 or less if owned by
+/// root), and an encrypted key is refused with how to decrypt it (no `sslpassword`).
 /// `sslcrl` (a PEM file) and `sslcrldir` (a directory of them) add revocation lists:
 /// every certificate of the chain is then checked, and one whose issuer has no list is
 /// refused, as libpq does.

@@ -902,3 +902,37 @@ async fn sslcrl_refuses_a_revoked_server_certificate() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_key_file_others_may_read_or_an_encrypted_key_is_refused_with_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = tls_server().await;
+    let dir = std::env::temp_dir().join(unique("keys"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let open_key = dir.join("open.key");
+    std::fs::copy(&server.client_key, &open_key).unwrap();
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let encrypted = dir.join("encrypted.key");
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQww\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&encrypted, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for (key, expected) in [(&open_key, "chmod 600"), (&encrypted, "openssl pkey")] {
+        let url = server.url(
+            "certuser",
+            None,
+            &format!(
+                "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+                server.root.display(),
+                server.client_cert.display(),
+                key.display()
+            ),
+        );
+        let error = Listener::builder(&url).connect_lazy().unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Config, "{}", error_report(&error));
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -400,6 +400,7 @@ fn client_identity(
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let chain = read_certificates(cert, "sslcert")?;
+    check_key_file(key)?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         let detail = match &e {
             rustls::pki_types::pem::Error::Io(io) => io.to_string(),
@@ -414,6 +415,46 @@ fn client_identity(
         )
     })?;
     Ok((chain, key_der))
+}
+
+/// libpq's checks on the private key file: private to its owner (or, owned by root,
+/// readable by its group at most), and not encrypted (pglisten has no `sslpassword`).
+fn check_key_file(key: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if let Ok(metadata) = std::fs::metadata(key) {
+            let mode = metadata.permissions().mode();
+            let allowed = if metadata.uid() == 0 { 0o640 } else { 0o600 };
+            if mode & 0o777 & !allowed != 0 {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "sslkey {} may be read by others (permissions {:o}): as libpq, pglisten \
+                         needs u=rw (0600) or less, or u=rw,g=r (0640) or less for a file \
+                         owned by root; chmod 600 it",
+                        key.display(),
+                        mode & 0o777
+                    ),
+                ));
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(key)
+        && (text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+            || text.contains("Proc-Type: 4,ENCRYPTED"))
+    {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "sslkey {} is encrypted, and pglisten cannot decrypt it (sslpassword is not \
+                 supported): decrypt it once with `openssl pkey -in KEY -out PLAIN` and keep \
+                 the result private (chmod 600)",
+                key.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn describe_pem_error(e: &rustls::pki_types::pem::Error) -> String {
