@@ -145,7 +145,15 @@ pub(crate) const ENV_VARS: &[(&str, &str)] = &[
     ("PGCLIENTENCODING", "client_encoding"),
     ("PGMINPROTOCOLVERSION", "min_protocol_version"),
     ("PGMAXPROTOCOLVERSION", "max_protocol_version"),
+    // Session settings libpq sends at startup: folded into `options` (`-c name=value`).
+    ("PGDATESTYLE", "datestyle"),
+    ("PGTZ", "timezone"),
+    ("PGGEQO", "geqo"),
 ];
+
+/// The environment's session settings (`PGDATESTYLE`, `PGTZ`, `PGGEQO`): not options of
+/// a connection string, sent as `-c` settings in `options`, as libpq sends them.
+const ENV_SESSION_SETTINGS: &[&str] = &["datestyle", "timezone", "geqo"];
 
 /// Reads the libpq environment variables in [`ENV_VARS`] through `lookup`; unset and
 /// empty variables are skipped. Returns (key, value) pairs.
@@ -347,6 +355,19 @@ impl ConnInfo {
             }
         }
         for (key, value) in defaults {
+            if ENV_SESSION_SETTINGS.contains(&key.as_str()) {
+                // Spaces in a value are escaped for the server's options parser.
+                let setting = format!(
+                    "-c {key}={}",
+                    value.replace('\\', "\\\\").replace(' ', "\\ ")
+                );
+                let options = params.entry("options".to_owned()).or_default();
+                if !options.is_empty() {
+                    options.push(' ');
+                }
+                options.push_str(&setting);
+                continue;
+            }
             check_key(key).map_err(|e| {
                 let var = ENV_VARS
                     .iter()
@@ -1329,6 +1350,23 @@ mod tests {
         assert!(!versions("ssl_min_protocol_version=TLSv1.3").tls12);
         assert!(!versions("ssl_max_protocol_version=TLSv1.2").tls13);
         assert_eq!(versions("ssl_min_protocol_version=TLSv1"), TlsVersions::ANY);
+    }
+
+    #[test]
+    fn the_environments_session_settings_become_startup_options() {
+        let defaults = env_defaults(|v| match v {
+            "PGTZ" => Some("Europe/Paris".to_owned()),
+            "PGDATESTYLE" => Some("ISO, DMY".to_owned()),
+            "PGOPTIONS" => Some("-c work_mem=4MB".to_owned()),
+            _ => None,
+        });
+        let p = ConnInfo::parse("user=u", &defaults).unwrap();
+        let options = p.base.get_options().unwrap();
+        assert!(options.contains("-c work_mem=4MB"), "{options}");
+        assert!(options.contains("-c timezone=Europe/Paris"), "{options}");
+        assert!(options.contains("-c datestyle=ISO,\\ DMY"), "{options}");
+        // Not options of a connection string.
+        err("user=u timezone=UTC");
     }
 
     #[test]

@@ -285,7 +285,6 @@ impl ListenerBuilder {
 /// | `target_session_attrs=any`, `prefer-standby` | `any` means `primary`; the standby values are refused | LISTEN only works on a primary |
 /// | no user: the operating system's user name | a user name is required | a listener's identity should be explicit |
 /// | the environment is always read | only by `from_env` / `env_defaults`; all of libpq's connection variables are then read, and refused by name where not supported | no surprise from a process's environment |
-/// | `PGDATESTYLE`, `PGTZ`, `PGGEQO` | not read | they only change how the session formats results; a listener reads none |
 /// | `~/.postgresql/root.crt`, `postgresql.crt`, `postgresql.key`, `root.crl` | not read: give `sslrootcert`, `sslcert`, `sslkey` | explicit files |
 /// | no host: one compile-time socket directory | `/var/run/postgresql`, then `/tmp`, else TCP `localhost` | the two directories libpq builds use |
 /// | `host=@name` (abstract Unix socket) | refused | the driver cannot connect to one |
@@ -308,7 +307,10 @@ impl ListenerBuilder {
     /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGAPPNAME` and `PGCONNECT_TIMEOUT`, and also
     /// `PGHOSTADDR`, `PGOPTIONS`, `PGSSLCERT`, `PGSSLKEY`, `PGSSLNEGOTIATION`,
     /// `PGCHANNELBINDING`, `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS`, `PGPASSFILE`,
-    /// `PGSERVICE` and `PGSERVICEFILE`. The environment is read once, here; empty
+    /// `PGSERVICE`, `PGSERVICEFILE`, `PGSSLSNI`, `PGSSLCRL`, `PGSSLCRLDIR`, and
+    /// `PGDATESTYLE`, `PGTZ` and `PGGEQO` (sent as session settings, as libpq does).
+    /// Every other connection variable libpq documents is read too, and refused by name
+    /// if pglisten cannot honour its value. The environment is read once, here; empty
     /// variables count as unset.
     ///
     /// pglisten never reads the environment unless asked to: see also
