@@ -6,6 +6,7 @@
 //! checks `pg_is_in_recovery()`: a standby cannot LISTEN, so it counts as a failed host.
 //! The first primary wins. Failures are put in words by `diagnose`.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -140,7 +141,12 @@ impl ConnectConfig {
     pub(crate) async fn connect(&self) -> Result<Established> {
         let (base, connector) = self.prepare().await?;
         let mut failures = Vec::new();
-        for host in self.host_order() {
+        let hosts: Vec<HostEntry> = if self.info.random_order {
+            self.addresses_in_random_order().await
+        } else {
+            self.info.hosts.clone()
+        };
+        for host in &hosts {
             match self.connect_bounded(&base, host, connector.as_ref()).await {
                 Ok(established) => return Ok(established),
                 Err(error) => {
@@ -226,13 +232,39 @@ impl ConnectConfig {
         }
     }
 
-    /// The hosts in the order to try them.
-    fn host_order(&self) -> Vec<&HostEntry> {
+    /// `load_balance_hosts=random`, as libpq: the hosts in random order, and each host
+    /// name's addresses in random order too (each address then counts as a host, with
+    /// its own step timeout).
+    async fn addresses_in_random_order(&self) -> Vec<HostEntry> {
+        let mut random = SplitMix64::from_entropy();
         let mut hosts: Vec<&HostEntry> = self.info.hosts.iter().collect();
-        if self.info.random_order {
-            SplitMix64::from_entropy().shuffle(&mut hosts);
+        random.shuffle(&mut hosts);
+        let mut spread = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let name = match (&host.host, host.hostaddr) {
+                (Some(name), None) if !host.is_unix_socket() && name.parse::<IpAddr>().is_err() => {
+                    name.as_str()
+                }
+                _ => {
+                    spread.push(host.clone());
+                    continue;
+                }
+            };
+            let lookup = tokio::net::lookup_host((name, host.port));
+            let addresses = match self.step_timeout() {
+                Some(bound) => tokio::time::timeout(bound, lookup).await.ok(),
+                None => Some(lookup.await),
+            };
+            match addresses {
+                Some(Ok(addresses)) => {
+                    let ips = addresses.map(|a| a.ip()).collect();
+                    spread.extend(each_address(host, ips, &mut random));
+                }
+                // The driver resolves it again and reports the failure.
+                _ => spread.push(host.clone()),
+            }
         }
-        hosts
+        spread
     }
 
     /// One error for an attempt in which every host failed.
@@ -471,6 +503,22 @@ fn check_without_tls(plan: &ConnInfo) -> Result<()> {
     }
 }
 
+/// `host` once per address, in random order (the name kept for TLS and messages).
+fn each_address(host: &HostEntry, mut ips: Vec<IpAddr>, random: &mut SplitMix64) -> Vec<HostEntry> {
+    ips.sort_unstable();
+    ips.dedup();
+    if ips.len() <= 1 {
+        return vec![host.clone()];
+    }
+    random.shuffle(&mut ips);
+    ips.into_iter()
+        .map(|ip| HostEntry {
+            hostaddr: Some(ip),
+            ..host.clone()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,6 +558,33 @@ mod tests {
             assert!(err.to_string().contains("`tls`"), "{err}");
         }
         ConnectConfig::parse("postgres://u@h/db?sslmode=prefer").unwrap();
+    }
+
+    #[test]
+    fn random_load_balancing_spreads_over_every_address_of_a_name() {
+        let host = HostEntry {
+            host: Some("db.example.com".to_owned()),
+            hostaddr: None,
+            port: 5432,
+        };
+        let ips: Vec<IpAddr> = (1..=6).map(|i| IpAddr::from([10, 0, 0, i])).collect();
+        let mut orders = std::collections::HashSet::new();
+        for seed in 0..40 {
+            let spread = each_address(&host, ips.clone(), &mut SplitMix64::new(seed));
+            let mut got: Vec<IpAddr> = spread.iter().filter_map(|h| h.hostaddr).collect();
+            assert!(spread.iter().all(|h| h.host == host.host && h.port == 5432));
+            orders.insert(got.clone());
+            got.sort_unstable();
+            assert_eq!(got, ips, "every address once");
+        }
+        assert!(
+            orders.len() > 10,
+            "the order varies: {} orders",
+            orders.len()
+        );
+        // One address (or a repeated one): the host as it is.
+        let one = each_address(&host, vec![ips[0], ips[0]], &mut SplitMix64::new(1));
+        assert_eq!(one, [host.clone()]);
     }
 
     #[test]

@@ -254,7 +254,8 @@ impl ListenerBuilder {
 /// error.
 ///
 /// Several hosts are tried in order on every connection attempt, the first one included
-/// and every reconnect (`load_balance_hosts=random` shuffles them each time); each host
+/// and every reconnect (`load_balance_hosts=random` shuffles them each time, and each
+/// host name's addresses, each address then counting as a host); each host
 /// gets the whole `connect_timeout` (seconds, at least 2; `0` for no bound), as in
 /// libpq, or else [`connect_timeout`](ListenerBuilder::connect_timeout). LISTEN needs a
 /// primary, so a server in recovery (`pg_is_in_recovery()`) counts as a failed host;
@@ -289,7 +290,6 @@ impl ListenerBuilder {
 /// | no host: one compile-time socket directory | `/var/run/postgresql`, then `/tmp`, else TCP `localhost` | the two directories libpq builds use |
 /// | `host=@name` (abstract Unix socket) | refused | the driver cannot connect to one |
 /// | service file system directory: compile-time `sysconfdir` | `PGSYSCONFDIR`, else `/etc/postgresql-common` | Debian's and Ubuntu's libpq |
-/// | `load_balance_hosts=random` shuffles hosts and each host's addresses | shuffles hosts | the driver resolves and orders a name's addresses |
 /// | `sslpassword` (encrypted client keys) | refused | not supported yet: decrypt the key (`openssl pkey -in key.pem -out plain.pem`) and protect the file |
 /// | `sslcertmode=require` | refused (`disable`, `allow` accepted) | not supported |
 /// | `gssencmode=require`, `krbsrvname`, `gsslib`, `gssdelegation` | refused (`gssencmode=disable`/`prefer` accepted) | no GSSAPI |

@@ -249,3 +249,27 @@ fn an_abstract_socket_host_is_refused_with_a_clear_error() {
     assert_eq!(error.kind(), ErrorKind::Config);
     assert!(error.to_string().contains("abstract"), "{error}");
 }
+
+#[tokio::test]
+async fn random_load_balancing_reaches_named_hosts_through_their_addresses() {
+    // A name (resolved and tried address by address) and a down host, in random order:
+    // every connect reaches the live one.
+    let cluster = own_cluster().await;
+    let url = format!(
+        "postgres://postgres@localhost:{},127.0.0.1:{}/postgres?load_balance_hosts=random",
+        cluster.port(),
+        closed_port()
+    );
+    for _ in 0..4 {
+        let listener = Listener::builder(&url)
+            .self_check(false)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("{}", error_report(&e)));
+        let channel = unique("random_hosts");
+        let mut sub = listener.subscribe([&channel]).await.unwrap();
+        listener.notify(&channel, "reached").await.unwrap();
+        assert_eq!(next_notification(&mut sub).await.payload(), "reached");
+        listener.shutdown().await;
+    }
+}
