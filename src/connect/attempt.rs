@@ -584,7 +584,7 @@ mod tests {
         );
         // One address (or a repeated one): the host as it is.
         let one = each_address(&host, vec![ips[0], ips[0]], &mut SplitMix64::new(1));
-        assert_eq!(one, [host.clone()]);
+        assert_eq!(one, std::slice::from_ref(&host));
     }
 
     #[test]
