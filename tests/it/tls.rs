@@ -575,6 +575,10 @@ async fn secrets_never_leak() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // tracing caches, per call site, whether any subscriber wants it: a site first hit
+    // by another test's thread, where no subscriber was set, may have been cached as
+    // unwanted. Ask again, now that this thread's subscriber exists.
+    tracing::callsite::rebuild_interest_cache();
 
     let url_secret = "url-s3cret-5b2d";
     let hook_secret = "hook-s3cret-9f0a";
