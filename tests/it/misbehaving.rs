@@ -94,32 +94,6 @@ fn unread_socket_bytes(port: u16) -> u64 {
     panic!("no TCP socket with local port {port}");
 }
 
-/// A server backend stopped with SIGSTOP (by `kill`, as the tests run as the server's
-/// user or root), so that what is produced meanwhile queues up for it; continued when
-/// dropped.
-struct Paused(i32);
-
-impl Paused {
-    fn pause(pid: i32) -> Paused {
-        signal("-STOP", pid);
-        Paused(pid)
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        signal("-CONT", self.0);
-    }
-}
-
-fn signal(which: &str, pid: i32) {
-    let status = std::process::Command::new("kill")
-        .args([which, &pid.to_string()])
-        .status()
-        .expect("kill(1)");
-    assert!(status.success(), "kill {which} {pid}: {status}");
-}
-
 fn sequence_number(payload: &str) -> u64 {
     payload.parse().expect("a numbered payload")
 }
@@ -243,10 +217,29 @@ fn a_consumer_blocking_its_worker_thread_never_stops_the_reading() {
             let _on = producer_runtime.enter();
             Producer::start(url.clone(), trickle.clone())
         };
-        // A backlog the listener is still reading when the consumer first blocks.
-        let paused = Paused::pause(listener.backend_pid().unwrap());
-        produce_numbered(&admin, &bulk, N).await;
-        drop(paused);
+        // Bursts the listener is still reading when the consumer blocks: each one
+        // transaction, so that all of it becomes visible at once, committed when the
+        // consumer asks for it. (Stopping the backend while queueing, as the benchmarks
+        // do, would also stop it answering the 200 ms heartbeat.)
+        const BURSTS: u64 = 4;
+        const PER_BURST: u64 = N / BURSTS;
+        let (ask, mut asked) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let bursts = {
+            let bulk = bulk.clone();
+            producer_runtime.spawn(async move {
+                while let Some(burst) = asked.recv().await {
+                    let (from, to) = (burst * PER_BURST + 1, (burst + 1) * PER_BURST);
+                    admin
+                        .batch_execute(&format!(
+                            "SELECT pg_notify('{bulk}', lpad(i::text, {PAYLOAD_WIDTH}, '0')) \
+                             FROM generate_series({from}, {to}) AS i"
+                        ))
+                        .await
+                        .expect("produce");
+                }
+            })
+        };
+        ask.send(0).unwrap();
 
         let watched = listener.clone();
         let consumer = tokio::spawn(async move {
@@ -258,7 +251,7 @@ fn a_consumer_blocking_its_worker_thread_never_stops_the_reading() {
                 let after = watched.stats().notifications_received;
                 (length, before, after)
             };
-            while bulk_seen < N || blocks.len() < 4 {
+            while bulk_seen < N {
                 let event = tokio::time::timeout(WAIT, events.next())
                     .await
                     .expect("an event")
@@ -267,19 +260,21 @@ fn a_consumer_blocking_its_worker_thread_never_stops_the_reading() {
                     panic!("unexpected {event:?} after {total} notifications");
                 };
                 total += 1;
-                if note.channel() == bulk.as_str() {
-                    bulk_seen += 1;
-                    assert_eq!(sequence_number(note.payload()), bulk_seen);
-                    if bulk_seen == 20_000 {
-                        blocks.push(block(Duration::from_millis(2500)));
-                    }
-                } else {
+                if note.channel() != bulk.as_str() {
                     assert_eq!(sequence_number(note.payload()), trickle_next);
                     trickle_next += 1;
+                    continue;
                 }
-                let caught_up = total >= watched.stats().notifications_received;
-                if bulk_seen > 20_000 && caught_up && !blocks.is_empty() && blocks.len() < 4 {
-                    blocks.push(block(Duration::from_millis(1500)));
+                bulk_seen += 1;
+                assert_eq!(sequence_number(note.payload()), bulk_seen);
+                match bulk_seen % PER_BURST {
+                    // Early in a burst, while the listener is still reading it: 2.5 s
+                    // the first time, 1.5 s after that.
+                    20_000 if blocks.is_empty() => blocks.push(block(Duration::from_millis(2500))),
+                    20_000 => blocks.push(block(Duration::from_millis(1500))),
+                    // Caught up with a burst: the next one.
+                    0 if bulk_seen < N => ask.send(bulk_seen / PER_BURST).unwrap(),
+                    _ => {}
                 }
             }
             (events, blocks, trickle_next)
@@ -296,6 +291,8 @@ fn a_consumer_blocking_its_worker_thread_never_stops_the_reading() {
                  ({before} before, {after} after)"
             );
         }
+        assert_eq!(blocks.len() as u64, BURSTS);
+        bursts.await.unwrap();
         // Everything sent is delivered, with no error and no reconnect.
         let sent = producer.sent();
         producer.stop().await;
