@@ -105,13 +105,10 @@ impl TestCa {
     ///
     /// If a name is invalid, or key generation or signing fails.
     pub fn server_cert(&self, names: &[&str]) -> io::Result<CertAndKey> {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names).map_err(rcgen_error("server params"))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "pglisten test server");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.sign(params, "server certificate")
+        self.sign(
+            server_params(names, "pglisten test server")?,
+            "server certificate",
+        )
     }
 
     /// A server certificate that names its host only in the subject's common name, with
@@ -122,13 +119,7 @@ impl TestCa {
     ///
     /// If key generation or signing fails.
     pub fn server_cert_cn_only(&self, common_name: &str) -> io::Result<CertAndKey> {
-        let mut params =
-            CertificateParams::new(Vec::new()).map_err(rcgen_error("server params"))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.sign(params, "server certificate")
+        self.sign(server_params(&[], common_name)?, "server certificate")
     }
 
     /// A server certificate whose subject alternative names are all dNSNames, even
@@ -139,16 +130,11 @@ impl TestCa {
     ///
     /// If a name is not ASCII, or key generation or signing fails.
     pub fn server_cert_dns_names(&self, names: &[&str]) -> io::Result<CertAndKey> {
-        let mut params =
-            CertificateParams::new(Vec::new()).map_err(rcgen_error("server params"))?;
+        let mut params = server_params(&[], "pglisten test server")?;
         for name in names {
             let dns = Ia5String::try_from(*name).map_err(rcgen_error("dNSName"))?;
             params.subject_alt_names.push(SanType::DnsName(dns));
         }
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "pglisten test server");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign(params, "server certificate")
     }
 
@@ -165,12 +151,7 @@ impl TestCa {
         serial: u64,
         revoked: bool,
     ) -> io::Result<(CertAndKey, String)> {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names).map_err(rcgen_error("server params"))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "pglisten test server");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut params = server_params(names, "pglisten test server")?;
         params.serial_number = Some(SerialNumber::from(serial));
         let server = self.sign(params, "server certificate")?;
         let revoked_certs = if revoked {
@@ -221,6 +202,18 @@ impl TestCa {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// A server certificate's parameters: `names` as subject alternative names (DNS names
+/// or IP addresses), `common_name` in the subject, for server authentication.
+fn server_params(names: &[&str], common_name: &str) -> io::Result<CertificateParams> {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let mut params = CertificateParams::new(names).map_err(rcgen_error("server params"))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(params)
 }
 
 /// A self-signed server certificate as PostgreSQL's documentation makes one
