@@ -575,9 +575,13 @@ async fn secrets_never_leak() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    // tracing caches, per call site, whether any subscriber wants it: a site first hit
-    // by another test's thread, where no subscriber was set, may have been cached as
-    // unwanted. Ask again, now that this thread's subscriber exists.
+    // tracing caches, per call site, whether any subscriber wants it. While only one
+    // dispatcher is registered it asks just the current thread's, so a site first hit
+    // on another test's thread (no subscriber there) is cached as unwanted for all.
+    // A second registered dispatcher makes it ask every one; then rebuild the sites
+    // cached so far.
+    let _every_dispatcher_asked =
+        tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     tracing::callsite::rebuild_interest_cache();
 
     let url_secret = "url-s3cret-5b2d";
