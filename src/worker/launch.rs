@@ -179,7 +179,14 @@ fn spawn_thread(
         .name("pglisten".to_owned())
         .spawn(move || {
             let _logging = tracing::dispatcher::set_default(&dispatch);
-            runtime.block_on(task);
+            // Spawned, not polled by `block_on` itself. Under `block_on`'s waker the
+            // connection replaced its stored waker on every `poll_message` (perf on the
+            // drain: tokio's `clone_arc_raw` and `drop_arc_raw` once per message, about a
+            // sixth of this thread's time): `Waker::will_wake` found the stored clone
+            // unequal to `block_on`'s waker. A spawned task's waker compares equal to its
+            // clones. A panic in the task ends the task, and the thread with it.
+            let task = runtime.spawn(task);
+            let _ = runtime.block_on(task);
         })
         .map_err(|e| {
             Error::with_source(
