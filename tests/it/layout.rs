@@ -28,6 +28,9 @@ fn modules() -> BTreeMap<Module, PathBuf> {
             let path = entry.expect("dir entry").path();
             if path.is_dir() {
                 walk(&path, src, out);
+            } else if path.file_name().is_some_and(|f| f == "tests.rs") {
+                // A module's unit tests in a file of their own (`#[cfg(test)] mod
+                // tests;`): not part of the library's layering.
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let relative = path
                     .strip_prefix(src)
