@@ -169,7 +169,7 @@ test_one() {
   PGLISTEN_PG_BIN="$dir/bin" PGLISTEN_EXPECT_PG_MAJOR="$major" \
     cargo test "$@" >"$log" 2>&1 || status=FAILED
   seconds=$(($(date +%s) - start))
-  printf 'PostgreSQL %-7s %-6s %4s passed, %s failed, %s skipped-for-version, %ss (log: %s)\n' \
+  printf 'PostgreSQL %-7s %-6s %4s passed, %s failed, %s skipped, %ss (log: %s)\n' \
     "$version" "$status" "$(count passed "$log")" "$(count failed "$log")" \
     "$(grep -c '^skipped' "$log" || true)" "$seconds" "$log"
   [ "$status" = ok ]
@@ -189,6 +189,7 @@ cmd_test() {
     [ ${#majors[@]} -gt 0 ] || die "no server installed: run '$0 install' first"
   fi
   for major in "${majors[@]}"; do
+    pin "$major"
     installed "$major" || die "PostgreSQL $major is not installed: run '$0 install $major'"
   done
   # Throwaway clusters must not pick up a developer's database.
@@ -213,6 +214,7 @@ case "${1:-}" in
     ;;
   bin)
     [ $# -eq 2 ] || die "usage: $0 bin MAJOR"
+    pin "$2"
     installed "$2" || die "PostgreSQL $2 is not installed: run '$0 install $2'"
     printf '%s/bin\n' "$(dir_of "$2")"
     ;;

@@ -348,8 +348,8 @@ mod direct_tls {
 
     /// Direct TLS on 17+: the very first byte on the wire is a TLS handshake record (no
     /// SSLRequest), the server sees TLS, and notifications flow. Before 17 the server
-    /// cannot take it: the attempt fails with an error (checked), and the test says it
-    /// skipped the rest.
+    /// cannot take it: the attempt fails with a TLS error that says 17 is needed
+    /// (checked), and the test says it skipped the rest.
     async fn check_direct(test: &str, with_users_config: bool) {
         let server = tls_server().await;
         let major = blocking(server_major).await;
@@ -365,7 +365,11 @@ mod direct_tls {
         }
         if major < DIRECT_TLS {
             let error = result.expect_err("a server before 17 cannot take a direct TLS start");
-            eprintln!("{}", error_report(&error));
+            assert_eq!(error.kind(), ErrorKind::Tls, "{}", error_report(&error));
+            assert!(
+                error.to_string().contains("PostgreSQL 17 or later"),
+                "no word of the server version needed: {error}"
+            );
             skipped(
                 test,
                 &format!("direct TLS needs PostgreSQL {DIRECT_TLS}+, the server is {major}"),
