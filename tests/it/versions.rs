@@ -158,7 +158,7 @@ async fn pretend_session(
 ) -> std::io::Result<()> {
     // The startup packet (sslmode=disable: no SSLRequest first).
     let length = socket.read_u32().await?;
-    let mut startup = vec![0; usize::try_from(length).unwrap() - 4];
+    let mut startup = vec![0; usize::try_from(length).unwrap().saturating_sub(4)];
     socket.read_exact(&mut startup).await?;
     let mut hello = message(b'R', &0u32.to_be_bytes()); // AuthenticationOk
     for (name, value) in [
@@ -178,7 +178,7 @@ async fn pretend_session(
     loop {
         let tag = socket.read_u8().await?;
         let length = socket.read_u32().await?;
-        let mut body = vec![0; usize::try_from(length).unwrap() - 4];
+        let mut body = vec![0; usize::try_from(length).unwrap().saturating_sub(4)];
         socket.read_exact(&mut body).await?;
         match tag {
             b'Q' => {
@@ -192,7 +192,7 @@ async fn pretend_session(
                 };
                 socket.write_all(&answer).await?;
             }
-            b'X' => return Ok(()),
+            // Terminate, or anything this pretend server does not speak: hang up.
             _ => return Ok(()),
         }
     }
