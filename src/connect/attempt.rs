@@ -471,6 +471,9 @@ impl ConnectConfig {
                     tls_name,
                     transport,
                     sslmode: self.info.sslmode,
+                    direct_tls: matches!(transport, Transport::Tls { .. })
+                        && config.get_ssl_negotiation()
+                            == tokio_postgres::config::SslNegotiation::Direct,
                     #[cfg(feature = "tls")]
                     tls: self.tls.as_ref(),
                 },

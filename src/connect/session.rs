@@ -26,11 +26,43 @@ pub(crate) struct Session {
     pub(crate) host: Arc<str>,
 }
 
-/// Set-up in one round trip: the backend's pid, and no idle-session timeout (PostgreSQL
-/// 14+) — a LISTEN connection is idle by design and must not be ended for it.
+/// Set-up in one round trip: the backend's pid, the server's version, and no
+/// idle-session timeout (PostgreSQL 14+; 13 has no such setting) — a LISTEN connection
+/// is idle by design and must not be ended for it.
 const SETUP_SQL: &str = "SELECT pg_backend_pid(), \
+     current_setting('server_version_num'), current_setting('server_version'), \
      CASE WHEN current_setting('server_version_num')::int >= 140000 \
      THEN set_config('idle_session_timeout', '0', false) END";
+
+/// The oldest server pglisten supports, as `server_version_num` (13.0): the oldest
+/// version its test suite runs against.
+const OLDEST_SERVER: u32 = 130_000;
+
+/// Refuses a server older than [`OLDEST_SERVER`], given its `server_version_num` and its
+/// `server_version` (for the message).
+fn check_server_version(version_num: Option<&str>, version: Option<&str>) -> Result<()> {
+    let shown = version.unwrap_or("unknown");
+    let Some(num) = version_num.and_then(|n| n.trim().parse::<u32>().ok()) else {
+        return Err(Error::new(
+            ErrorKind::Connect,
+            format!(
+                "the server reports no usable version (server_version_num {:?}, \
+                 server_version {shown:?}); pglisten needs PostgreSQL 13 or later",
+                version_num.unwrap_or("")
+            ),
+        ));
+    };
+    if num < OLDEST_SERVER {
+        return Err(Error::new(
+            ErrorKind::Connect,
+            format!(
+                "the server runs PostgreSQL {shown} (server_version_num {num}), which \
+                 pglisten does not support: it needs PostgreSQL 13 or later"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Connects, authenticates and prepares the session. Each host, and each later step
 /// (the set-up query, the self-check), is bounded by the step timeout, so that a host
@@ -55,7 +87,10 @@ pub(crate) async fn open_session(config: &ConnectConfig) -> Result<Session> {
     .map_err(|e| {
         diagnose::connect_failed(&format!("could not set up the connection to {target}"), e)
     })?;
-    let backend_pid = first_value(&rows).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let row = first_row(&rows);
+    let value = |i: usize| row.and_then(|row| row.get(i));
+    check_server_version(value(1), value(2))?;
+    let backend_pid = value(0).and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut session = Session {
         client,
         messages,
@@ -169,9 +204,9 @@ async fn check_delivery(
     Ok(())
 }
 
-fn first_value(messages: &[SimpleQueryMessage]) -> Option<&str> {
+fn first_row(messages: &[SimpleQueryMessage]) -> Option<&tokio_postgres::SimpleQueryRow> {
     messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => row.get(0),
+        SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     })
 }
@@ -234,4 +269,44 @@ where
         .await
         .map(|_| ())
         .map_err(diagnose::notify_failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_older_than_13_are_refused_with_their_version() {
+        for (num, shown) in [("120022", "12.22"), ("90624", "9.6.24"), ("0", "0")] {
+            let e = check_server_version(Some(num), Some(shown)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Connect);
+            let text = e.to_string();
+            assert!(text.contains(&format!("PostgreSQL {shown} ")), "{text}");
+            assert!(text.contains("PostgreSQL 13 or later"), "{text}");
+        }
+    }
+
+    #[test]
+    fn servers_from_13_on_are_served() {
+        for num in [
+            "130000", "130023", "140000", "150014", "180004", "190000", " 170000",
+        ] {
+            check_server_version(Some(num), Some("x")).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_missing_or_unreadable_version_is_an_error_not_a_panic() {
+        for (num, shown) in [
+            (None, None),
+            (Some(""), Some("13.1")),
+            (Some("13.1"), Some("13.1")),
+            (Some("-130000"), None),
+            (Some("99999999999"), None),
+        ] {
+            let e = check_server_version(num, shown).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Connect);
+            assert!(e.to_string().contains("13 or later"), "{e}");
+        }
+    }
 }

@@ -58,6 +58,11 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 mod pgbouncer;
 pub use pgbouncer::{PgBouncer, PoolMode};
+mod server;
+#[cfg(test)]
+use server::has_server_binaries;
+use server::psql_path;
+pub use server::{PG_BIN_ENV, ServerVersion, bin_dir, server_version};
 #[cfg(feature = "tls")]
 pub mod tls;
 
@@ -75,85 +80,8 @@ const LOG_TAIL_LINES: usize = 40;
 const SYSTEM_PORT: u16 = 5432;
 
 // ---------------------------------------------------------------------------
-// Locating the binaries and the server user
+// The server user (the binaries are found in `server`)
 // ---------------------------------------------------------------------------
-
-/// Returns the directory holding `initdb`, `pg_ctl` and `postgres`.
-///
-/// `$PATH` is searched first for `initdb`; the hit is canonicalized, so a
-/// symlink such as `/usr/local/bin/initdb` resolves to the real bin dir
-/// (e.g. `/usr/lib/postgresql/15/bin`), which must also contain `pg_ctl` and
-/// `postgres`. Otherwise the highest version under
-/// `/usr/lib/postgresql/*/bin` is used.
-///
-/// # Errors
-///
-/// `NotFound` with a hint on what to install if no server binaries exist.
-pub fn bin_dir() -> io::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("initdb");
-            if !is_executable(&candidate) {
-                continue;
-            }
-            let Ok(real) = fs::canonicalize(&candidate) else {
-                continue;
-            };
-            if let Some(parent) = real.parent()
-                && has_server_binaries(parent)
-            {
-                return Ok(parent.to_path_buf());
-            }
-        }
-    }
-
-    let mut best: Option<(Vec<u64>, PathBuf)> = None;
-    if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(version) = name.to_str().and_then(parse_version) else {
-                continue;
-            };
-            let bin = entry.path().join("bin");
-            if has_server_binaries(&bin) && best.as_ref().is_none_or(|(v, _)| version > *v) {
-                best = Some((version, bin));
-            }
-        }
-    }
-    best.map(|(_, bin)| bin).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: no `initdb` in $PATH \
-             and nothing under /usr/lib/postgresql/*/bin; install PostgreSQL server binaries, \
-             e.g. apt-get install postgresql",
-        )
-    })
-}
-
-fn is_executable(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-fn has_server_binaries(dir: &Path) -> bool {
-    ["initdb", "pg_ctl", "postgres"]
-        .iter()
-        .all(|name| is_executable(&dir.join(name)))
-}
-
-/// "15" -> [15], "9.6" -> [9, 6]; anything else -> None.
-fn parse_version(name: &str) -> Option<Vec<u64>> {
-    name.split('.').map(|part| part.parse().ok()).collect()
-}
-
-/// The psql next to the server binaries, else the system one.
-fn psql_path(bin: &Path) -> PathBuf {
-    let local = bin.join("psql");
-    if is_executable(&local) {
-        local
-    } else {
-        PathBuf::from("/usr/bin/psql")
-    }
-}
 
 /// uid/gid the server binaries run as; `None` means "the current user".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -426,6 +354,7 @@ struct Template {
     /// postgresql.conf as written by initdb.
     conf: String,
     ids: Option<Ids>,
+    version: ServerVersion,
 }
 
 fn template() -> io::Result<&'static Template> {
@@ -446,6 +375,19 @@ fn template() -> io::Result<&'static Template> {
 fn create_template() -> io::Result<Template> {
     let bin = bin_dir()?;
     let ids = server_ids()?;
+    let version = version_of(&bin, ids)?;
+    // Straight to stderr, past the test harness's capture: every run says which server
+    // it tested.
+    let _ = writeln!(
+        io::stderr(),
+        "pglisten-testkit: PostgreSQL {version} from {}{}",
+        bin.display(),
+        if std::env::var_os(PG_BIN_ENV).is_some_and(|v| !v.is_empty()) {
+            format!(" (${PG_BIN_ENV})")
+        } else {
+            String::new()
+        }
+    );
     let base = std::env::temp_dir().join(format!("pglisten-test-{}-template", std::process::id()));
     if fs::symlink_metadata(&base).is_ok() {
         // Left over by an earlier process with our pid, or a failed attempt.
@@ -478,12 +420,35 @@ fn create_template() -> io::Result<Template> {
             data,
             conf,
             ids,
+            version,
         }),
         Err(e) => {
             let _ = fs::remove_dir_all(&base);
             Err(e)
         }
     }
+}
+
+/// `postgres --version` of the binaries in `bin`, run as the server user (which also
+/// shows that user can reach them).
+fn version_of(bin: &Path, ids: Option<Ids>) -> io::Result<ServerVersion> {
+    let mut cmd = command(bin.join("postgres"), ids);
+    cmd.arg("--version");
+    let out = run(&mut cmd, "asking the server binaries for their version").map_err(|e| {
+        let hint = if ids.is_some() {
+            " (the server runs as the `postgres` user: can it reach that directory?)"
+        } else {
+            ""
+        };
+        context(e, format_args!("{}{hint}", bin.display()))
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ServerVersion::parse(&text).ok_or_else(|| {
+        io::Error::other(format!(
+            "unexpected `postgres --version` output from {}: {text:?}",
+            bin.display()
+        ))
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -807,9 +772,13 @@ impl Cluster {
              full_page_writes = off\n\
              shared_buffers = 16MB\n\
              max_connections = 100\n\
-             logging_collector = off\n",
+             logging_collector = off\n\
+             password_encryption = 'scram-sha-256'\n",
             self.port
         );
+        // password_encryption: the default of 14 and later. 13 stores md5 hashes by
+        // default, and a role with an md5 password cannot log in on a `scram-sha-256`
+        // line of pg_hba.conf: every server version behaves the same here.
         if !settings.is_empty() {
             conf.push_str("# ---- ClusterBuilder::setting ----\n");
             for (key, value) in settings {
@@ -1211,6 +1180,34 @@ mod tests {
     }
 
     #[test]
+    fn the_reported_version_is_the_one_that_runs() {
+        let version = server_version().unwrap();
+        let c = Cluster::start().unwrap();
+        let num: u32 = q(&c, "show server_version_num").parse().unwrap();
+        assert_eq!(num / 10000, version.major(), "{version}");
+        assert!(
+            q(&c, "show server_version").starts_with(&version.to_string()),
+            "{version}"
+        );
+    }
+
+    #[test]
+    fn passwords_are_stored_as_scram_on_every_version() {
+        let c = Cluster::builder()
+            .init_sql("create role pw_user login password 'pw'")
+            .start()
+            .unwrap();
+        assert_eq!(q(&c, "show password_encryption"), "scram-sha-256");
+        assert_eq!(
+            q(
+                &c,
+                "select left(rolpassword, 13) from pg_authid where rolname = 'pw_user'"
+            ),
+            "SCRAM-SHA-256"
+        );
+    }
+
+    #[test]
     fn start_and_select_1() {
         let c = Cluster::start().unwrap();
         assert_eq!(q(&c, "select 1"), "1");
@@ -1437,9 +1434,6 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(parse_version("15"), Some(vec![15]));
-        assert_eq!(parse_version("9.6"), Some(vec![9, 6]));
-        assert_eq!(parse_version("main"), None);
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail("a", 5), "a");
         assert_eq!(conf_quote(r"it's \x"), r"'it''s \\x'");

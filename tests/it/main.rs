@@ -25,3 +25,4 @@ mod soak;
 mod stats;
 #[cfg(feature = "tls")]
 mod tls;
+mod versions;

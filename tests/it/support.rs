@@ -259,3 +259,11 @@ pub fn fast_backoff() -> Backoff {
 pub fn fast_backoff_up_to(max: Duration) -> Backoff {
     Backoff::new().initial(Duration::from_millis(50)).max(max)
 }
+
+/// Says on stderr, past the test harness's capture, that `test` skipped a check on this
+/// machine and why (for example a server too old for it); `.ci/postgres.sh test` counts
+/// these lines.
+pub fn skipped(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: {reason}");
+}

@@ -229,6 +229,8 @@ pub(crate) struct HostAttempt<'a> {
     pub(crate) tls_name: &'a str,
     pub(crate) transport: Transport,
     pub(crate) sslmode: SslMode,
+    /// Whether the attempt started TLS at once (`sslnegotiation=direct`).
+    pub(crate) direct_tls: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<&'a TlsSetup>,
 }
@@ -308,7 +310,15 @@ pub(crate) fn host_failed(e: tokio_postgres::Error, at: &HostAttempt<'_>) -> Err
         None => {}
     }
     if driver_kind(&e) == DriverKind::Tls {
-        return Error::with_source(ErrorKind::Tls, format!("TLS with {label} failed"), e);
+        // A server before 17 reads a direct TLS start as a malformed startup packet and
+        // hangs up in the middle of the handshake.
+        let hint = if at.direct_tls {
+            " (with sslnegotiation=direct the server must be PostgreSQL 17 or later; for an \
+             older server, drop sslnegotiation=direct)"
+        } else {
+            ""
+        };
+        return Error::with_source(ErrorKind::Tls, format!("TLS with {label} failed{hint}"), e);
     }
     if e.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION) {
         // What could make pg_hba.conf refuse this connection that the user can change.
