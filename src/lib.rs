@@ -195,18 +195,20 @@ mod random;
 mod stats;
 
 pub use backoff::Backoff;
-pub use channel::{MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES};
+pub use channel::{
+    Channel, MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES, validate_channel, validate_payload,
+};
 pub use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY, TaskPlacement};
 pub use connect::Credentials;
 pub use error::{Error, ErrorKind, Result};
 pub use fanout::{Event, Notification, ReconnectReport};
 pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, QUEUE_USAGE_WARNING};
 pub use listener::{Listener, ListenerBuilder};
-pub use notify::notify;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub use notify::notify_json;
-pub use stats::{ListenerState, Stats};
+pub use notify::{notify, notify_many};
+pub use stats::{ListenerState, Stats, SubscriptionStats};
 pub use subscription::Subscription;
 
 /// The README's code, compiled and checked as doc tests.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum ListenerState {
     /// Opening a connection.
@@ -71,7 +72,11 @@ impl ListenerState {
 /// }
 /// # }
 /// ```
+///
+/// With the `serde` feature it implements `Serialize` (durations as serde writes a
+/// `Duration`: `{"secs": .., "nanos": ..}`; the state as its name).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// What the task is doing now.
@@ -101,6 +106,38 @@ pub struct Stats {
     /// in the cluster fails; a rising value means some listener (maybe not this one)
     /// is not reading.
     pub server_queue_usage: Option<f64>,
+}
+
+/// A snapshot of one subscription's queue and counters, from
+/// [`Subscription::stats`](crate::Subscription::stats).
+///
+/// `delivered + lagged` is every notification that reached this subscription, once the
+/// consumer has read everything `queued`.
+///
+/// ```no_run
+/// # fn f(events: &pglisten::Subscription) {
+/// let stats = events.stats();
+/// if stats.queued * 2 > stats.capacity {
+///     eprintln!("falling behind: {} of {} queued", stats.queued, stats.capacity);
+/// }
+/// println!("{} delivered, {} lost to lag", stats.delivered, stats.lagged);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct SubscriptionStats {
+    /// Notifications waiting to be read by this subscription's consumer now.
+    pub queued: usize,
+    /// How many notifications the queue holds at most
+    /// ([`ListenerBuilder::queue_capacity`](crate::ListenerBuilder::queue_capacity)).
+    pub capacity: usize,
+    /// Notifications dropped because the queue was full, since the subscription was
+    /// made: the sum of every [`Event::Lagged`](crate::Event::Lagged) count, including
+    /// drops not yet announced.
+    pub lagged: u64,
+    /// Notifications this subscription has yielded to its consumer.
+    pub delivered: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -239,5 +276,30 @@ mod tests {
         assert!(stats.since_last_heartbeat.is_some());
         status.set_backend_pid(None);
         assert_eq!(status.snapshot().backend_pid, None);
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn stats_serialize_with_their_field_names() {
+        let status = Status::default();
+        status.set_state(ListenerState::Listening);
+        status.add_received(5);
+        status.record_heartbeat(Instant::now(), Duration::from_millis(3), Some(0.25));
+        let json = serde_json::to_value(status.snapshot()).unwrap();
+        assert_eq!(json["state"], "Listening");
+        assert_eq!(json["notifications_received"], 5);
+        assert_eq!(json["heartbeat_rtt"]["nanos"], 3_000_000);
+        assert_eq!(json["server_queue_usage"], 0.25);
+        assert_eq!(json["backend_pid"], serde_json::Value::Null);
+        let stats = SubscriptionStats {
+            queued: 1,
+            capacity: 8,
+            lagged: 2,
+            delivered: 3,
+        };
+        assert_eq!(
+            serde_json::to_value(stats).unwrap(),
+            serde_json::json!({ "queued": 1, "capacity": 8, "lagged": 2, "delivered": 3 })
+        );
     }
 }

@@ -29,4 +29,5 @@ pub(crate) use credentials::{BoxError, CredentialsHook};
 pub(crate) use diagnose::{connection_lost, listen_refused};
 pub(crate) use session::{
     Session, close_gracefully, listening_channels, not_connected, open_session, send_notification,
+    send_notifications,
 };

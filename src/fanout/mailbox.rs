@@ -52,6 +52,14 @@ pub(crate) enum Wake {
     Later,
 }
 
+/// A mailbox's figures at one moment ([`Mailbox::figures`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueFigures {
+    pub(crate) queued: usize,
+    pub(crate) capacity: usize,
+    pub(crate) dropped_total: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     state: Mutex<State>,
@@ -70,6 +78,8 @@ struct State {
     dropped: u64,
     /// Dropped since the current lag episode began (0: not lagging).
     episode: u64,
+    /// Dropped since the mailbox was made.
+    dropped_total: u64,
     waker: Option<Waker>,
     closed: bool,
 }
@@ -83,6 +93,7 @@ impl Mailbox {
                 capacity,
                 dropped: 0,
                 episode: 0,
+                dropped_total: 0,
                 waker: None,
                 closed: false,
             }),
@@ -136,6 +147,7 @@ impl Mailbox {
                     }
                     state.dropped += 1;
                     state.episode += 1;
+                    state.dropped_total += 1;
                     delivery.dropped += 1;
                 } else {
                     if state.episode > 0 {
@@ -160,6 +172,17 @@ impl Mailbox {
             waker.wake();
         }
         delivery
+    }
+
+    /// The queue's figures now: notifications waiting (queued, or taken by the
+    /// consumer and not read yet), its capacity, and every notification dropped so far.
+    pub(crate) fn figures(&self) -> QueueFigures {
+        let state = self.lock();
+        QueueFigures {
+            queued: state.queued + self.unread.load(Ordering::Relaxed),
+            capacity: state.capacity,
+            dropped_total: state.dropped_total,
+        }
     }
 
     /// Wakes the consumer if it is parked (see [`Wake::Later`]).
@@ -436,6 +459,28 @@ mod tests {
         // The consumer holds two unread; only one more fits.
         let d = m.deliver(batch(&["c", "d"]));
         assert_eq!((d.queued, d.dropped), (1, 1));
+    }
+
+    #[test]
+    fn figures_count_what_waits_and_every_drop_ever() {
+        let m = Mailbox::new(3);
+        let figures = |m: &Mailbox| {
+            let f = m.figures();
+            (f.queued, f.capacity, f.dropped_total)
+        };
+        assert_eq!(figures(&m), (0, 3, 0));
+        let waker = Waker::from(Arc::new(CountingWaker::default()));
+        let mut cx = Context::from_waker(&waker);
+        let mut local = VecDeque::new();
+        m.deliver(batch(&["a", "b", "c", "d"]));
+        assert_eq!(figures(&m), (3, 3, 1));
+        assert!(m.poll_take(&mut cx, &mut local).is_ready());
+        assert_eq!(figures(&m), (3, 3, 1), "taken but unread still waits");
+        m.set_unread(1);
+        assert_eq!(figures(&m), (1, 3, 1));
+        m.deliver(batch(&["e", "f", "g"]));
+        // The Lagged announcement resets the episode's count, not the total.
+        assert_eq!(figures(&m), (3, 3, 2));
     }
 
     #[test]

@@ -20,8 +20,10 @@ mod misbehaving;
 mod pooler;
 mod reconnect;
 mod secrets;
+mod sending;
 mod server_language;
 mod soak;
 mod stats;
+mod subscription_stats;
 #[cfg(feature = "tls")]
 mod tls;
