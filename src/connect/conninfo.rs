@@ -846,7 +846,7 @@ fn invalid_value(key: &str, expected: &str) -> Error {
     ))
 }
 
-fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
+pub(super) fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
     // target_session_attrs: the listener needs a primary and checks for one after every
     // connect; "read-write" additionally asks tokio-postgres to check for writability.
     match params.remove("target_session_attrs").as_deref() {
