@@ -13,6 +13,7 @@ use crate::connect::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::heartbeat::HeartbeatConfig;
+use crate::telemetry::DEFAULT_LISTENER_LABEL;
 
 /// Default capacity of each subscription's queue, in notifications.
 ///
@@ -98,6 +99,8 @@ pub(crate) struct Draft {
     pub(crate) heartbeat: HeartbeatConfig,
     pub(crate) self_check: bool,
     pub(crate) task_placement: TaskPlacement,
+    /// The `listener` label of the `metrics` feature's figures.
+    pub(crate) metrics_label: String,
 }
 
 impl Draft {
@@ -120,6 +123,7 @@ impl Draft {
             heartbeat: HeartbeatConfig::default(),
             self_check: true,
             task_placement: TaskPlacement::Auto,
+            metrics_label: DEFAULT_LISTENER_LABEL.to_owned(),
         }
     }
 
@@ -207,6 +211,7 @@ impl Draft {
             backoff: self.backoff,
             heartbeat: self.heartbeat,
             task_placement: self.task_placement,
+            metrics_label: self.metrics_label,
         })
     }
 }
@@ -227,6 +232,7 @@ impl fmt::Debug for Draft {
             .field("heartbeat", &self.heartbeat)
             .field("self_check", &self.self_check)
             .field("task_placement", &self.task_placement)
+            .field("metrics_label", &self.metrics_label)
             .finish()
     }
 }
@@ -240,6 +246,7 @@ pub(crate) struct ListenerConfig {
     pub(crate) backoff: Backoff,
     pub(crate) heartbeat: HeartbeatConfig,
     pub(crate) task_placement: TaskPlacement,
+    pub(crate) metrics_label: String,
 }
 
 impl fmt::Debug for ListenerConfig {

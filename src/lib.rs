@@ -142,14 +142,48 @@
 //! it passes [`QUEUE_USAGE_WARNING`], because when the queue is full every NOTIFY in the
 //! cluster fails.
 //!
+//! # Metrics
+//!
+//! With the `metrics` feature, every listener publishes its figures through the
+//! [`metrics`](https://docs.rs/metrics) facade, to whatever recorder your application
+//! installed (a Prometheus exporter, OpenTelemetry, StatsD...). Install the recorder
+//! before building the listener: handles registered earlier go nowhere.
+//! `examples/metrics.rs` serves them to Prometheus.
+//!
+//! Every metric has the label `listener` ([`ListenerBuilder::metrics_label`], default
+//! `"default"`); a subscription's also have `subscription` (a number, in the order the
+//! listener's subscriptions were made, from 1) and `channels` (its channel names joined
+//! by `,`, cut after 200 bytes).
+//!
+//! | name | kind | what |
+//! |---|---|---|
+//! | `pglisten_notifications_received_total` | counter | notifications read from the server, once each |
+//! | `pglisten_notifications_delivered_total` | counter | notifications queued for subscriptions, one per subscriber |
+//! | `pglisten_notifications_dropped_total` | counter | notifications dropped because a subscription's queue was full |
+//! | `pglisten_reconnects_total` | counter | connections re-established after a loss, LISTEN active again |
+//! | `pglisten_listening` | gauge | 1 while LISTEN is active for every wanted channel, else 0 |
+//! | `pglisten_subscriptions` | gauge | live subscriptions |
+//! | `pglisten_channels` | gauge | channels LISTENed to on the current connection |
+//! | `pglisten_heartbeat_rtt_seconds` | gauge | round trip of the last heartbeat |
+//! | `pglisten_server_queue_usage_ratio` | gauge | `pg_notification_queue_usage()` at the last heartbeat, 0 to 1 |
+//! | `pglisten_subscription_queued` | gauge | notifications waiting in a subscription's queue |
+//! | `pglisten_subscription_lagged_total` | counter | notifications a subscription lost because its queue was full |
+//!
+//! The counters move once per read from the connection, never per notification. A
+//! subscription's queue length is published at every heartbeat and whenever it drops
+//! notifications, and set to 0 when the subscription is dropped (the series stays in
+//! the exporter: use its idle timeout to forget it). For a consumer's own view, without
+//! the feature, see [`Subscription::stats`] and [`Listener::stats`].
+//!
 //! # Feature flags
 //!
-//! - `tls` (on by default): TLS over rustls with the ring provider: `sslmode`,
-//!   `sslrootcert`, client certificates, channel binding; re-exports `rustls`. Without
-//!   it, a connection string that demands TLS is a [`ErrorKind::Config`] error.
-//! - `serde` (off by default): JSON payloads with `Notification::json`,
-//!   `Listener::notify_json` and `pglisten::notify_json` (the 8000-byte limit is checked
-//!   on the encoded bytes).
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tls` | on | TLS over rustls with the ring provider: `sslmode`, `sslrootcert`, client certificates, channel binding, [`ListenerBuilder::tls_config`]; re-exports `rustls`. Without it, a connection string that demands TLS is an [`ErrorKind::Config`] error. |
+//! | `serde` | off | JSON payloads (`Notification::json`, `Listener::notify_json`, `pglisten::notify_json`; the 8000-byte limit is checked on the encoded bytes), and `Serialize` for [`Notification`], [`ReconnectReport`], [`Stats`] and [`SubscriptionStats`]. |
+//! | `metrics` | off | the figures above through the `metrics` facade, and `ListenerBuilder::metrics_label`. |
+//!
+//! Items that need a feature are marked with it in these docs.
 //!
 //! # Example: notify inside your own transaction
 //!
@@ -175,7 +209,7 @@
 //   the task:       worker
 //   configuration:  config
 //   below the task: connect (reaching the server), fanout (routing to queues)
-//   foundations:    error, stats, channel, backoff, heartbeat, random
+//   foundations:    error, stats, telemetry, channel, backoff, heartbeat, random
 mod listener;
 mod notify;
 mod subscription;
@@ -193,6 +227,7 @@ mod error;
 mod heartbeat;
 mod random;
 mod stats;
+mod telemetry;
 
 pub use backoff::Backoff;
 pub use channel::{

@@ -5,6 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::telemetry::ListenerMetrics;
+
 /// Where the background task is in its life.
 ///
 /// ```
@@ -159,11 +161,27 @@ pub(crate) struct Status {
     subscriptions: AtomicUsize,
     channels: AtomicUsize,
     heartbeat: Mutex<HeartbeatSample>,
+    /// The same figures, published through the `metrics` facade (with that feature).
+    metrics: ListenerMetrics,
 }
 
 impl Status {
+    /// Figures that are also published as `metrics`.
+    pub(crate) fn with_metrics(metrics: ListenerMetrics) -> Self {
+        Status {
+            metrics,
+            ..Status::default()
+        }
+    }
+
+    /// The listener's metric handles, for its subscriptions' own.
+    pub(crate) fn metrics(&self) -> &ListenerMetrics {
+        &self.metrics
+    }
+
     pub(crate) fn set_state(&self, state: ListenerState) {
         self.state.store(state.to_u8(), Ordering::Relaxed);
+        self.metrics.listening(state == ListenerState::Listening);
     }
 
     pub(crate) fn state(&self) -> ListenerState {
@@ -184,27 +202,32 @@ impl Status {
     /// Notifications read from the server.
     pub(crate) fn add_received(&self, n: u64) {
         add(&self.received, n);
+        self.metrics.counted(n, 0, 0);
     }
 
     /// Notifications queued for subscriptions, and dropped for lag.
     pub(crate) fn add_delivered_and_dropped(&self, delivered: u64, dropped: u64) {
         add(&self.delivered, delivered);
         add(&self.dropped, dropped);
+        self.metrics.counted(0, delivered, dropped);
     }
 
     /// One more connection re-established after a loss.
     pub(crate) fn add_reconnect(&self) {
         add(&self.reconnects, 1);
+        self.metrics.reconnected();
     }
 
     /// Live subscriptions now.
     pub(crate) fn set_subscriptions(&self, count: usize) {
         self.subscriptions.store(count, Ordering::Relaxed);
+        self.metrics.subscriptions(count);
     }
 
     /// Channels LISTENed to on the current connection now.
     pub(crate) fn set_channels(&self, count: usize) {
         self.channels.store(count, Ordering::Relaxed);
+        self.metrics.channels(count);
     }
 
     pub(crate) fn record_heartbeat(&self, at: Instant, rtt: Duration, queue_usage: Option<f64>) {
@@ -214,6 +237,8 @@ impl Status {
             rtt: Some(rtt),
             queue_usage,
         };
+        drop(sample);
+        self.metrics.heartbeat(rtt, queue_usage);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {

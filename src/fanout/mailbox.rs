@@ -25,6 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use super::event::{Event, Notification};
+use crate::telemetry::QueueMetrics;
 
 /// What one call to [`Mailbox::deliver`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,9 @@ pub(crate) struct Mailbox {
     /// Notifications the consumer has taken but not read yet; written by the consumer
     /// alone, without the lock, as it reads.
     unread: AtomicUsize,
+    /// The queue's figures as `metrics` (with that feature): published when
+    /// notifications are dropped and at [`Mailbox::publish`], never per notification.
+    metrics: QueueMetrics,
 }
 
 #[derive(Debug)]
@@ -85,7 +89,13 @@ struct State {
 }
 
 impl Mailbox {
+    #[cfg(test)]
     pub(crate) fn new(capacity: usize) -> Self {
+        Mailbox::with_metrics(capacity, QueueMetrics::default())
+    }
+
+    /// A mailbox whose figures are also published through `metrics`.
+    pub(crate) fn with_metrics(capacity: usize, metrics: QueueMetrics) -> Self {
         Mailbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -98,6 +108,7 @@ impl Mailbox {
                 closed: false,
             }),
             unread: AtomicUsize::new(0),
+            metrics,
         }
     }
 
@@ -123,6 +134,7 @@ impl Mailbox {
         wake: Wake,
     ) -> Delivery {
         let mut delivery = Delivery::default();
+        let queued_after;
         let waker = {
             let mut state = self.lock();
             if state.closed {
@@ -159,6 +171,7 @@ impl Mailbox {
                     delivery.queued += 1;
                 }
             }
+            queued_after = state.queued + unread;
             if delivery.queued == 0 || state.waker.is_none() {
                 None
             } else if wake == Wake::Now || 2 * (state.queued + unread) >= state.capacity {
@@ -171,7 +184,20 @@ impl Mailbox {
         if let Some(waker) = waker {
             waker.wake();
         }
+        if delivery.dropped > 0 {
+            // Lagging: rare, and worth showing at once.
+            self.metrics.lagged(delivery.dropped);
+            self.metrics.queued(queued_after);
+        }
         delivery
+    }
+
+    /// Publishes the queue's length as a metric (with the `metrics` feature).
+    pub(crate) fn publish(&self) {
+        if self.metrics.enabled() {
+            let queued = self.figures().queued;
+            self.metrics.queued(queued);
+        }
     }
 
     /// The queue's figures now: notifications waiting (queued, or taken by the
@@ -242,6 +268,7 @@ impl Mailbox {
             state.closed = true;
             state.waker.take()
         };
+        self.metrics.queued(0);
         if let Some(waker) = waker {
             waker.wake();
         }

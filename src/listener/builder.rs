@@ -175,6 +175,21 @@ impl ListenerBuilder {
         self
     }
 
+    /// The value of the `listener` label on this listener's metrics (`metrics`
+    /// feature; default `"default"`), to tell several listeners of one process apart.
+    /// The metric names are listed in the crate docs ("Metrics").
+    ///
+    /// ```
+    /// let builder = pglisten::Listener::builder("postgres://app@db/app").metrics_label("orders");
+    /// # let _ = builder;
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_label(mut self, label: impl Into<String>) -> Self {
+        self.draft.metrics_label = label.into();
+        self
+    }
+
     /// Connects, and returns once the connection is established. Fails fast: an
     /// unreachable server, refused credentials or a bad setting are reported here,
     /// without a retry loop. Once connected, later losses are recovered in the

@@ -17,6 +17,8 @@ mod idle;
 mod json;
 mod layout;
 mod lifecycle;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod misbehaving;
 mod pooler;
 mod reconnect;
