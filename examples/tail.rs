@@ -29,6 +29,8 @@ use pglisten::{Event, Listener, Notification, Subscription};
 use serde::Serialize;
 use serde_json::Value;
 
+mod support;
+
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 const USAGE: &str = "usage: tail [--url URL] [--count N | --once] CHANNEL...";
@@ -104,8 +106,8 @@ async fn run(options: Options) -> Result<()> {
         Some(url) => (url, None),
         None => {
             eprintln!("tail: no --url and no DATABASE_URL: starting a throwaway PostgreSQL...");
-            let cluster = tokio::task::spawn_blocking(pglisten_testkit::Cluster::start).await??;
-            (cluster.url(), Some(cluster))
+            let database = support::throwaway().await?;
+            (database.url().to_owned(), Some(database))
         }
     };
 
@@ -199,7 +201,10 @@ async fn send_samples(url: String, channels: Vec<String>, count: u64) {
 }
 
 async fn try_send_samples(url: &str, channels: &[String], count: u64) -> Result<()> {
-    let client = pglisten_testkit::try_admin(url).await?;
+    // An ordinary tokio-postgres client.
+    let (client, connection) =
+        pglisten::tokio_postgres::connect(url, pglisten::tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
     for (i, channel) in (1..=count).zip(channels.iter().cycle()) {
         let payload = if i % 2 == 1 {
             serde_json::json!({ "order": i, "status": "paid" }).to_string()
