@@ -22,7 +22,6 @@
 use std::error::Error;
 use std::io::Write;
 use std::pin::pin;
-use std::time::SystemTime;
 
 use futures::StreamExt;
 use pglisten::{Event, Listener, Notification, Subscription};
@@ -175,7 +174,8 @@ async fn follow(events: &mut Subscription, count: Option<u64>) -> Result<()> {
 
 fn print_line(n: &Notification) -> std::io::Result<()> {
     let line = Line {
-        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        // When the listener read it, not when this line is printed.
+        time: humantime::format_rfc3339_millis(n.received_at()).to_string(),
         channel: n.channel(),
         pid: n.process_id(),
         payload: payload_as_json(n.payload()),
