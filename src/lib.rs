@@ -7,6 +7,11 @@
 //! consumers do; it is re-established by itself after any loss, and every gap is
 //! announced.
 //!
+//! ```toml
+//! [dependencies]
+//! pglisten = "0.1"   # features: tls (default), serde, metrics; Rust 1.88 or later
+//! ```
+//!
 //! # Quick start
 //!
 //! ```no_run
@@ -141,6 +146,32 @@
 //! `pg_notification_queue_usage()` sampled with each heartbeat; a warning is logged when
 //! it passes [`QUEUE_USAGE_WARNING`], because when the queue is full every NOTIFY in the
 //! cluster fails.
+//!
+//! # Fitting into your application
+//!
+//! - [`ListenerBuilder::from_config`] takes the `tokio_postgres::Config` your pool is built
+//!   from; [`ListenerBuilder::connect_with`] takes your own function that opens each
+//!   connection.
+//! - [`notify`], [`notify_many`] and `notify_json` send through your own client or
+//!   transaction. To send through another client library (sqlx, diesel-async), check
+//!   with [`Channel::new`] and [`validate_payload`] (the same errors as `notify`), then
+//!   run `SELECT pg_notify($1, $2)`; [`Channel`] shows both.
+//! - [`Subscription::stats`] and [`Notification::received_at`] tell how each consumer
+//!   keeps up.
+//!
+//! **The commit lock.** A transaction that sent notifications takes one cluster-wide
+//! lock while it commits, so that notifications are queued in commit order: producers
+//! that notify in many small transactions commit one at a time. Send many
+//! notifications per transaction, and many per statement with [`notify_many`].
+//!
+//! # Security
+//!
+//! Any role that can connect to a database can NOTIFY and LISTEN on any channel of it;
+//! payloads are not authenticated; channel names are visible to other sessions. Treat a
+//! notification as a hint to re-read data the role can see, never as a command, and keep
+//! secrets out of channel names and payloads. pglisten quotes channel names as
+//! identifiers and sends payloads as parameters (no SQL injection), and shows no
+//! password, key or token in `Debug`, `Display`, errors or logs.
 //!
 //! # Metrics
 //!
