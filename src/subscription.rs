@@ -100,7 +100,7 @@ impl Subscription {
 
     /// This subscription's queue and counters now: how many notifications wait to be
     /// read, the queue's capacity, how many were lost to lag in all, and how many were
-    /// yielded. Cheap (one uncontended lock), so it can be sampled often.
+    /// yielded. Cheap (it holds the queue's lock for a moment), so it can be sampled often.
     ///
     /// ```no_run
     /// # async fn run(listener: pglisten::Listener) -> pglisten::Result<()> {
