@@ -27,6 +27,16 @@ async fn scrape(addr: SocketAddr) -> String {
     body.to_owned()
 }
 
+/// The metric names in the table of the crate docs' "Metrics" section.
+fn documented_names() -> Vec<String> {
+    let docs = include_str!("../../src/lib.rs");
+    docs.lines()
+        .filter_map(|line| line.strip_prefix("//! | `pglisten_"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(|name| format!("pglisten_{name}"))
+        .collect()
+}
+
 /// The value of `name` whose labels include every one of `labels`, if shown.
 fn value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     page.lines().find_map(|line| {
@@ -106,6 +116,25 @@ async fn a_scrape_shows_the_documented_names_with_the_right_values() {
         Some(6.0),
         "{page}"
     );
+    // Every name the crate docs list is on the page, for this listener; and nothing
+    // else of pglisten's.
+    let documented = documented_names();
+    assert_eq!(documented.len(), 11, "{documented:?}");
+    for name in &documented {
+        let labels: &[(&str, &str)] = if name.starts_with("pglisten_subscription_") {
+            &sub
+        } else {
+            &l
+        };
+        assert!(
+            value(&page, name, labels).is_some(),
+            "{name} missing:\n{page}"
+        );
+    }
+    for line in page.lines().filter(|l| l.starts_with("pglisten_")) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        assert!(documented.iter().any(|d| d == name), "undocumented {name}");
+    }
     // The metrics agree with Subscription::stats.
     let stats = events.stats();
     assert_eq!((stats.queued, stats.lagged), (4, 6));
