@@ -81,8 +81,9 @@ impl ConnectConfig {
         if info.base.get_user().is_none() && credentials.is_none() {
             return Err(Error::new(
                 ErrorKind::Config,
-                "the connection string names no user: add one (postgres://USER@host/db or \
-                 user=USER), or set PGUSER and use ListenerBuilder::from_env",
+                "no user name is given: add one to the connection string \
+                 (postgres://USER@host/db or user=USER) or to the tokio_postgres::Config \
+                 (config.user(..)), or set PGUSER and use ListenerBuilder::from_env",
             ));
         }
         #[cfg(feature = "tls")]

@@ -224,6 +224,19 @@ mod tests {
     }
 
     #[test]
+    fn a_config_without_a_user_says_where_to_put_one() {
+        let mut config = tokio_postgres::Config::new();
+        config.host("db");
+        let info = read(&config);
+        let err =
+            crate::connect::ConnectConfig::new(info, None, None, Duration::from_secs(10), true)
+                .err()
+                .unwrap();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("config.user"), "{err}");
+    }
+
+    #[test]
     fn sub_second_bounds_round_up() {
         assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
         assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
