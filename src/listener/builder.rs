@@ -426,7 +426,9 @@ impl ListenerBuilder {
     /// [`self_check`](ListenerBuilder::self_check)), each attempt calls `connect` once
     /// more, for the short-lived second connection that sends the check's NOTIFY; with
     /// `self_check(false)` it is called exactly once per attempt. Each call is bounded
-    /// by [`connect_timeout`](ListenerBuilder::connect_timeout).
+    /// by [`connect_timeout`](ListenerBuilder::connect_timeout), and runs where the
+    /// [`credentials`](ListenerBuilder::credentials) hook would: in the listener's
+    /// background task, never inside a subscription's `poll_next`.
     ///
     /// A hook that returns an error makes that attempt fail: reported by
     /// [`connect`](ListenerBuilder::connect) on the first attempt, and as an
