@@ -189,3 +189,30 @@ async fn a_hook_returning_a_driver_error_is_diagnosed_like_any_connection() {
         error_report(&err)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_reaches_a_standby_is_refused_with_why() {
+    // A cluster started in recovery: pg_is_in_recovery() is true there.
+    let standby = blocking(|| {
+        pglisten_testkit::Cluster::builder()
+            .file("standby.signal", b"")
+            .start()
+            .expect("could not start a standby cluster")
+    })
+    .await;
+    let url = standby.url();
+    let err = ListenerBuilder::connect_with(move || {
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        async move { config.connect(NoTls).await }
+    })
+    .connect()
+    .await
+    .expect_err("LISTEN cannot work on a standby");
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("standby") && text.contains("connect hook"),
+        "{text}"
+    );
+    assert!(text.contains(&format!(":{}", standby.port())), "{text}");
+}
