@@ -1,8 +1,8 @@
 //! Not part of what you copy: where the examples get a database. With `DATABASE_URL`
 //! set they use it; otherwise they start a throwaway PostgreSQL (through pglisten's
 //! test kit, which needs the server binaries `initdb` and `pg_ctl`) that lives as long
-//! as the returned [`Database`]. Everything else in the examples uses only pglisten,
-//! tokio-postgres and tokio, as your code would.
+//! as the returned [`Database`]. Nothing else in the examples uses the test kit: the
+//! rest is pglisten and ordinary crates, as in your code.
 
 // Each example uses a part of this module.
 #![allow(dead_code)]
