@@ -167,7 +167,9 @@
 //! # Security
 //!
 //! Any role that can connect to a database can NOTIFY and LISTEN on any channel of it;
-//! payloads are not authenticated; channel names are visible to other sessions. Treat a
+//! payloads are not authenticated; channel names are visible to other sessions (the
+//! statements show in `pg_stat_activity`, and whoever learns a name can LISTEN to it
+//! and read its payloads). Treat a
 //! notification as a hint to re-read data the role can see, never as a command, and keep
 //! secrets out of channel names and payloads. pglisten quotes channel names as
 //! identifiers and sends payloads as parameters (no SQL injection), and shows no
