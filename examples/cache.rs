@@ -24,6 +24,8 @@ use futures::StreamExt;
 use pglisten::tokio_postgres::Client;
 use pglisten::{Event, Listener, Subscription};
 
+mod support;
+
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 /// The table, and a trigger that sends the id of every inserted, updated or deleted row
@@ -57,11 +59,11 @@ async fn main() {
 
 async fn run() -> Result<()> {
     // DATABASE_URL, or a throwaway server that lives until the end of `run`.
-    let database =
-        tokio::task::spawn_blocking(pglisten_testkit::ExampleDatabase::from_env_or_start).await??;
+    // DATABASE_URL, or a throwaway server that lives until the end of `run`.
+    let database = support::database().await?;
     let url = database.url().to_owned();
 
-    let db = pglisten_testkit::try_admin(&url).await?;
+    let db = connect_client(&url).await?;
     // A schema of our own, named after our session, so that runs sharing a database
     // do not collide. The session then finds `items` there.
     let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
@@ -241,4 +243,12 @@ async fn next_event(events: &mut Subscription) -> Result<Event> {
         Ok(None) => Err("the listener stopped".into()),
         Err(_) => Err("no event within 30 s".into()),
     }
+}
+
+/// An ordinary tokio-postgres client (your application has its own).
+async fn connect_client(url: &str) -> std::result::Result<Client, pglisten::tokio_postgres::Error> {
+    let (client, connection) =
+        pglisten::tokio_postgres::connect(url, pglisten::tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
 }

@@ -22,6 +22,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use pglisten::{Event, Listener, ListenerBuilder};
 
+mod support;
+
 struct Options {
     url: Option<String>,
     from_env: bool,
@@ -103,7 +105,7 @@ async fn print_events(mut events: pglisten::Subscription, count: Option<u64>) {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -132,37 +134,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// A throwaway TLS server with a fresh CA; connects with sslmode=verify-full.
-async fn demo(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
-    use pglisten_testkit::{Cluster, tls::TestCa};
-
+async fn demo(options: &Options) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("no URL given: starting a throwaway PostgreSQL with TLS");
-    let password = "demo-password";
-    let cluster = tokio::task::spawn_blocking(move || -> std::io::Result<Cluster> {
-        let ca = TestCa::new("pglisten demo CA")?;
-        let server = ca.server_cert(&["localhost", "127.0.0.1"])?;
-        Cluster::builder()
-            .tls(&ca, &server)
-            .hba(&[
-                "local all postgres trust",
-                "hostssl all all 127.0.0.1/32 scram-sha-256",
-                "hostssl all all ::1/128 scram-sha-256",
-            ])
-            .init_sql(&format!("CREATE ROLE app LOGIN PASSWORD '{password}'"))
-            .file("client/root.crt", ca.cert_pem().as_bytes())
-            .start()
-    })
-    .await??;
-    let cluster = std::sync::Arc::new(cluster);
-    let root = cluster.data_dir().join("client/root.crt");
+    let server = std::sync::Arc::new(support::throwaway_tls().await?);
+    let (password, port, root) = (server.password, server.port(), server.root_cert.display());
     let url = format!(
-        "postgres://app:{password}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
-        cluster.port(),
-        root.display()
+        "postgres://app:{password}@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={root}"
     );
     println!(
-        "connecting with postgres://app:***@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
-        cluster.port(),
-        root.display()
+        "connecting with postgres://app:***@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={root}"
     );
     let listener = Listener::builder(&url)
         .backoff(pglisten::Backoff::new().initial(Duration::from_millis(50)))
@@ -174,8 +154,8 @@ async fn demo(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
     // A producer: a notification every 200 ms; after the second, the server ends our
     // connection, to show the gap being announced.
     let producer = tokio::spawn({
-        let (listener, cluster, channel) =
-            (listener.clone(), cluster.clone(), options.channel.clone());
+        let (listener, server, channel) =
+            (listener.clone(), server.clone(), options.channel.clone());
         async move {
             for i in 1.. {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -189,11 +169,7 @@ async fn demo(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
                 if i == 2
                     && let Some(pid) = listener.backend_pid()
                 {
-                    let cluster = cluster.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        cluster.psql(&format!("SELECT pg_terminate_backend({pid})"))
-                    })
-                    .await;
+                    let _ = server.terminate_backend(pid).await;
                 }
             }
         }

@@ -27,6 +27,8 @@ use pglisten::tokio_postgres::Client;
 use pglisten::{Event, Listener};
 use tokio_stream::StreamExt;
 
+mod support;
+
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 const BURSTS: usize = 5;
@@ -73,11 +75,11 @@ async fn main() {
 
 async fn run() -> Result<()> {
     // DATABASE_URL, or a throwaway server that lives until the end of `run`.
-    let database =
-        tokio::task::spawn_blocking(pglisten_testkit::ExampleDatabase::from_env_or_start).await??;
+    // DATABASE_URL, or a throwaway server that lives until the end of `run`.
+    let database = support::database().await?;
     let url = database.url().to_owned();
 
-    let db = pglisten_testkit::try_admin(&url).await?;
+    let db = connect_client(&url).await?;
     // A schema of our own, named after our session, so that runs sharing a database
     // do not collide.
     let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
@@ -184,7 +186,7 @@ async fn load_all(db: &Client) -> Result<Prices> {
 /// Another part of the application: changes prices in bursts of separate
 /// transactions, with pauses in between.
 async fn change_prices_in_bursts(url: String, schema: String) -> Result<()> {
-    let db = pglisten_testkit::try_admin(&url).await?;
+    let db = connect_client(&url).await?;
     db.batch_execute(&format!("SET search_path TO {schema}"))
         .await?;
     for burst in 1..=BURSTS {
@@ -201,4 +203,12 @@ async fn change_prices_in_bursts(url: String, schema: String) -> Result<()> {
         println!("burst {burst}: changed {CHANGES_PER_BURST} prices");
     }
     Ok(())
+}
+
+/// An ordinary tokio-postgres client (your application has its own).
+async fn connect_client(url: &str) -> std::result::Result<Client, pglisten::tokio_postgres::Error> {
+    let (client, connection) =
+        pglisten::tokio_postgres::connect(url, pglisten::tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
 }

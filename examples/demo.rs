@@ -13,6 +13,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use pglisten::{Backoff, Event, Listener, Subscription};
 
+mod support;
+
 #[tokio::main]
 async fn main() {
     if let Err(problem) = run().await {
@@ -21,10 +23,9 @@ async fn main() {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // DATABASE_URL, or a throwaway server that lives until the end of `run`.
-    let database =
-        tokio::task::spawn_blocking(pglisten_testkit::ExampleDatabase::from_env_or_start).await??;
+    let database = support::database().await?;
     let url = database.url().to_owned();
 
     let listener = Listener::builder(&url)
@@ -46,7 +47,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // Kill our own connection from another session, as a failover or a DBA would.
     let pid = listener.backend_pid().ok_or("not connected")?;
-    let admin = pglisten_testkit::try_admin(&url).await?;
+    // An ordinary tokio-postgres client, as your application has.
+    let (admin, connection) =
+        pglisten::tokio_postgres::connect(&url, pglisten::tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
     println!("\nterminating the listener's backend {pid} to show recovery...");
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])

@@ -29,6 +29,8 @@ use pglisten::{Event, Listener, Subscription};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+mod support;
+
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 const WORKERS: i32 = 3;
@@ -104,11 +106,11 @@ async fn main() {
 
 async fn run() -> Result<()> {
     // DATABASE_URL, or a throwaway server that lives until the end of `run`.
-    let database =
-        tokio::task::spawn_blocking(pglisten_testkit::ExampleDatabase::from_env_or_start).await??;
+    // DATABASE_URL, or a throwaway server that lives until the end of `run`.
+    let database = support::database().await?;
     let url = database.url().to_owned();
 
-    let db = pglisten_testkit::try_admin(&url).await?;
+    let db = connect_client(&url).await?;
     // A schema of our own, named after our session, so that runs sharing a database
     // do not collide.
     let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
@@ -174,7 +176,7 @@ async fn start_worker(
 ) -> Result<(Listener, JoinHandle<Result<()>>)> {
     let listener = Listener::connect(url).await?;
     let events = listener.subscribe([format!("{schema}.jobs")]).await?;
-    let db = pglisten_testkit::try_admin(url).await?;
+    let db = connect_client(url).await?;
     db.batch_execute(&format!("SET search_path TO {schema}"))
         .await?;
     let task = tokio::spawn(work(worker, events, db, reports));
@@ -349,4 +351,12 @@ impl Reports {
         println!("\nAll good: {total} jobs, each done exactly once.");
         Ok(())
     }
+}
+
+/// An ordinary tokio-postgres client (your application has its own).
+async fn connect_client(url: &str) -> std::result::Result<Client, pglisten::tokio_postgres::Error> {
+    let (client, connection) =
+        pglisten::tokio_postgres::connect(url, pglisten::tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
 }

@@ -22,12 +22,13 @@
 use std::error::Error;
 use std::io::Write;
 use std::pin::pin;
-use std::time::SystemTime;
 
 use futures::StreamExt;
 use pglisten::{Event, Listener, Notification, Subscription};
 use serde::Serialize;
 use serde_json::Value;
+
+mod support;
 
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -104,8 +105,8 @@ async fn run(options: Options) -> Result<()> {
         Some(url) => (url, None),
         None => {
             eprintln!("tail: no --url and no DATABASE_URL: starting a throwaway PostgreSQL...");
-            let cluster = tokio::task::spawn_blocking(pglisten_testkit::Cluster::start).await??;
-            (cluster.url(), Some(cluster))
+            let database = support::throwaway().await?;
+            (database.url().to_owned(), Some(database))
         }
     };
 
@@ -173,7 +174,8 @@ async fn follow(events: &mut Subscription, count: Option<u64>) -> Result<()> {
 
 fn print_line(n: &Notification) -> std::io::Result<()> {
     let line = Line {
-        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        // When the listener read it, not when this line is printed.
+        time: humantime::format_rfc3339_millis(n.received_at()).to_string(),
         channel: n.channel(),
         pid: n.process_id(),
         payload: payload_as_json(n.payload()),
@@ -199,7 +201,10 @@ async fn send_samples(url: String, channels: Vec<String>, count: u64) {
 }
 
 async fn try_send_samples(url: &str, channels: &[String], count: u64) -> Result<()> {
-    let client = pglisten_testkit::try_admin(url).await?;
+    // An ordinary tokio-postgres client.
+    let (client, connection) =
+        pglisten::tokio_postgres::connect(url, pglisten::tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
     for (i, channel) in (1..=count).zip(channels.iter().cycle()) {
         let payload = if i % 2 == 1 {
             serde_json::json!({ "order": i, "status": "paid" }).to_string()

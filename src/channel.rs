@@ -1,8 +1,14 @@
-//! Channel-name and payload validation, and identifier quoting. Pure functions.
+//! Channel-name and payload validation, and identifier quoting. Pure functions, public
+//! so that code sending through another client library ([`Channel`],
+//! [`validate_payload`]) makes the same checks as [`notify`](crate::notify).
 //!
 //! PostgreSQL truncates identifiers longer than `NAMEDATALEN - 1` (63) bytes without an
 //! error, so `LISTEN` on a 64-byte name would silently listen on its 63-byte prefix. Such
 //! names are refused here instead. Payloads must be shorter than 8000 bytes.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -25,8 +31,167 @@ pub const MAX_CHANNEL_BYTES: usize = 63;
 /// ```
 pub const MAX_PAYLOAD_BYTES: usize = 8000;
 
-/// Checks that `name` reaches the server unchanged.
-pub(crate) fn validate_channel(name: &str) -> Result<()> {
+/// A channel name that reaches the server unchanged: 1 to [`MAX_CHANNEL_BYTES`] bytes,
+/// no NUL byte. The same check as [`Listener::subscribe`](crate::Listener::subscribe),
+/// [`Listener::notify`](crate::Listener::notify) and [`notify`](crate::notify) make, for
+/// code that sends or listens through another client library.
+///
+/// Cheap to clone (an `Arc<str>`); it dereferences to `&str`.
+///
+/// ```
+/// use pglisten::{Channel, ErrorKind};
+///
+/// let orders = Channel::new("orders")?;
+/// assert_eq!(orders.as_str(), "orders");
+/// assert_eq!(orders.quoted(), r#""orders""#); // for LISTEN/UNLISTEN in your own SQL
+///
+/// let too_long = Channel::new("x".repeat(64)).unwrap_err();
+/// assert_eq!(too_long.kind(), ErrorKind::InvalidChannel);
+/// # Ok::<(), pglisten::Error>(())
+/// ```
+///
+/// Sending with [sqlx](https://docs.rs/sqlx), with the same checks as
+/// [`notify`](crate::notify) (`pg_notify` takes the name as a value, so it needs no
+/// quoting):
+///
+/// ```ignore
+/// let channel = pglisten::Channel::new("orders")?;
+/// pglisten::validate_payload(&payload)?;
+/// sqlx::query("SELECT pg_notify($1, $2)")
+///     .bind(channel.as_str())
+///     .bind(&payload)
+///     .execute(&pool) // a pool, a connection or a transaction (delivered at commit)
+///     .await?;
+/// ```
+///
+/// And with [diesel-async](https://docs.rs/diesel-async):
+///
+/// ```ignore
+/// use diesel::sql_types::Text;
+/// use diesel_async::RunQueryDsl;
+///
+/// let channel = pglisten::Channel::new("orders")?;
+/// pglisten::validate_payload(&payload)?;
+/// diesel::sql_query("SELECT pg_notify($1, $2)")
+///     .bind::<Text, _>(channel.as_str())
+///     .bind::<Text, _>(&payload)
+///     .execute(&mut conn) // inside conn.transaction(..) it is delivered at commit
+///     .await?;
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Channel(Arc<str>);
+
+impl Channel {
+    /// Checks `name` and keeps it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidChannel`] when the name is empty, longer than
+    /// [`MAX_CHANNEL_BYTES`] bytes (the server would silently truncate it) or holds a
+    /// NUL byte; the message says which.
+    ///
+    /// ```
+    /// assert!(pglisten::Channel::new("Prices (EUR)").is_ok()); // any text, case kept
+    /// assert!(pglisten::Channel::new("").is_err());
+    /// ```
+    pub fn new(name: impl AsRef<str>) -> Result<Channel> {
+        let name = name.as_ref();
+        validate_channel(name)?;
+        Ok(Channel(Arc::from(name)))
+    }
+
+    /// The name, as given.
+    ///
+    /// ```
+    /// let channel = pglisten::Channel::new("Orders")?;
+    /// assert_eq!(channel.as_str(), "Orders");
+    /// # Ok::<(), pglisten::Error>(())
+    /// ```
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name quoted as an SQL identifier (in `"`, every `"` doubled), for `LISTEN`,
+    /// `UNLISTEN` or `NOTIFY` statements of your own: case is kept and nothing in the
+    /// name can end the identifier.
+    ///
+    /// ```
+    /// let channel = pglisten::Channel::new(r#"say "hi""#)?;
+    /// assert_eq!(format!("LISTEN {}", channel.quoted()), r#"LISTEN "say ""hi""""#);
+    /// # Ok::<(), pglisten::Error>(())
+    /// ```
+    pub fn quoted(&self) -> String {
+        quote_identifier(&self.0)
+    }
+}
+
+impl std::ops::Deref for Channel {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Channel {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Channel {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::str::FromStr for Channel {
+    type Err = Error;
+    fn from_str(name: &str) -> Result<Channel> {
+        Channel::new(name)
+    }
+}
+
+impl TryFrom<&str> for Channel {
+    type Error = Error;
+    fn try_from(name: &str) -> Result<Channel> {
+        Channel::new(name)
+    }
+}
+
+impl TryFrom<String> for Channel {
+    type Error = Error;
+    fn try_from(name: String) -> Result<Channel> {
+        Channel::new(name)
+    }
+}
+
+/// Checks that `name` reaches the server unchanged: the check behind [`Channel::new`],
+/// without keeping the name.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidChannel`] when the name is empty, longer than
+/// [`MAX_CHANNEL_BYTES`] bytes or holds a NUL byte; the same error
+/// [`notify`](crate::notify) returns for it.
+///
+/// ```
+/// assert!(pglisten::validate_channel("orders").is_ok());
+/// let err = pglisten::validate_channel(&"x".repeat(64)).unwrap_err();
+/// assert_eq!(err.kind(), pglisten::ErrorKind::InvalidChannel);
+/// ```
+pub fn validate_channel(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::new(
             ErrorKind::InvalidChannel,
@@ -56,8 +221,21 @@ pub(crate) fn validate_channel(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `payload` is accepted by `pg_notify`.
-pub(crate) fn validate_payload(payload: &str) -> Result<()> {
+/// Checks that `payload` is accepted by `pg_notify`: shorter than
+/// [`MAX_PAYLOAD_BYTES`] bytes, no NUL byte. Use it before sending through another
+/// client library (see [`Channel`] for sqlx and diesel-async).
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidPayload`], with the same message [`notify`](crate::notify)
+/// returns for it.
+///
+/// ```
+/// assert!(pglisten::validate_payload("42").is_ok());
+/// let err = pglisten::validate_payload(&"x".repeat(8000)).unwrap_err();
+/// assert_eq!(err.kind(), pglisten::ErrorKind::InvalidPayload);
+/// ```
+pub fn validate_payload(payload: &str) -> Result<()> {
     if payload.len() >= MAX_PAYLOAD_BYTES {
         return Err(Error::new(
             ErrorKind::InvalidPayload,
@@ -161,6 +339,28 @@ mod tests {
             validate_payload("a\0").unwrap_err().kind(),
             ErrorKind::InvalidPayload
         );
+    }
+
+    #[test]
+    fn a_channel_is_checked_once_and_quoted_on_request() {
+        let channel = Channel::new("Mixed \"Case\"").unwrap();
+        assert_eq!(channel.as_str(), "Mixed \"Case\"");
+        assert_eq!(channel.quoted(), r#""Mixed ""Case""""#);
+        assert_eq!(channel.to_string(), channel.as_str());
+        assert_eq!(format!("{channel:?}"), r#""Mixed \"Case\"""#);
+        for bad in ["", "a\0b"] {
+            assert_eq!(
+                Channel::new(bad).unwrap_err().kind(),
+                ErrorKind::InvalidChannel
+            );
+        }
+        let long = "x".repeat(64);
+        assert_eq!(
+            Channel::new(&long).unwrap_err().to_string(),
+            validate_channel(&long).unwrap_err().to_string()
+        );
+        assert!("ok".parse::<Channel>().is_ok());
+        assert!(Channel::try_from(String::new()).is_err());
     }
 
     #[test]

@@ -8,9 +8,12 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-use crate::connect::{ConnInfo, ConnectConfig, CredentialsHook, UserTlsConfig};
+use crate::connect::{
+    ConnInfo, ConnectConfig, ConnectHook, CredentialsHook, UserTlsConfig, conn_info_from_driver,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::heartbeat::HeartbeatConfig;
+use crate::telemetry::DEFAULT_LISTENER_LABEL;
 
 /// Default capacity of each subscription's queue, in notifications.
 ///
@@ -69,12 +72,25 @@ pub enum TaskPlacement {
     CallerRuntime,
 }
 
+/// Where the connection settings come from.
+#[derive(Clone)]
+pub(crate) enum Source {
+    /// A connection string, libpq's way.
+    Url(String),
+    /// A `tokio_postgres::Config` the application already has.
+    Driver(Box<tokio_postgres::Config>),
+    /// The application's own function opens each connection.
+    Hook(ConnectHook),
+}
+
 /// The builder stage: every setting as the user gave it, not yet checked.
 #[derive(Clone)]
 pub(crate) struct Draft {
-    pub(crate) url: String,
+    pub(crate) source: Source,
     /// libpq environment defaults, read by `from_env` / `env_defaults`.
     pub(crate) env: Vec<(String, String)>,
+    /// `env_defaults` was called (even if it found nothing).
+    pub(crate) env_requested: bool,
     pub(crate) credentials: Option<CredentialsHook>,
     pub(crate) tls_config: UserTlsConfig,
     pub(crate) queue_capacity: usize,
@@ -83,14 +99,22 @@ pub(crate) struct Draft {
     pub(crate) heartbeat: HeartbeatConfig,
     pub(crate) self_check: bool,
     pub(crate) task_placement: TaskPlacement,
+    /// The `listener` label of the `metrics` feature's figures.
+    pub(crate) metrics_label: String,
 }
 
 impl Draft {
     /// The defaults, for `url`.
     pub(crate) fn new(url: &str) -> Self {
+        Draft::from_source(Source::Url(url.to_owned()))
+    }
+
+    /// The defaults, for connections made as `source` says.
+    pub(crate) fn from_source(source: Source) -> Self {
         Draft {
-            url: url.to_owned(),
+            source,
             env: Vec::new(),
+            env_requested: false,
             credentials: None,
             tls_config: None,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
@@ -99,20 +123,43 @@ impl Draft {
             heartbeat: HeartbeatConfig::default(),
             self_check: true,
             task_placement: TaskPlacement::Auto,
+            metrics_label: DEFAULT_LISTENER_LABEL.to_owned(),
         }
     }
 
     /// Where the connection string points, without secrets (for `Debug`).
     fn target(&self) -> String {
-        ConnInfo::parse(&self.url, &self.env)
-            .map(|info| info.describe())
-            .unwrap_or_else(|_| "(invalid connection string)".to_owned())
+        match &self.source {
+            Source::Url(url) => ConnInfo::parse(url, &self.env)
+                .map(|info| info.describe())
+                .unwrap_or_else(|_| "(invalid connection string)".to_owned()),
+            Source::Driver(config) => conn_info_from_driver(config)
+                .map(|info| info.describe())
+                .unwrap_or_else(|_| "(invalid tokio_postgres::Config)".to_owned()),
+            Source::Hook(_) => "(the connect hook's connections)".to_owned(),
+        }
+    }
+
+    /// The connection settings, read from their source.
+    fn conn_info(&self) -> Result<ConnInfo> {
+        match &self.source {
+            Source::Url(url) => ConnInfo::parse(url, &self.env),
+            _ if self.env_requested => Err(Error::new(
+                ErrorKind::Config,
+                "env_defaults() fills in a connection string's missing keys, and this builder \
+                 has no connection string (it was made by from_config or connect_with): set \
+                 those values on the tokio_postgres::Config, or in the hook",
+            )),
+            Source::Driver(config) => conn_info_from_driver(config),
+            // Only the defaults: the hook decides where and how to connect.
+            Source::Hook(_) => ConnInfo::parse("user=connect_hook", &[]),
+        }
     }
 
     /// Checks every setting; the first problem found is an [`ErrorKind::Config`] error
     /// that names it (or a TLS file that cannot be read).
     pub(crate) fn validate(self) -> Result<ListenerConfig> {
-        let mut info = ConnInfo::parse(&self.url, &self.env)?;
+        let mut info = self.conn_info()?;
         if self.queue_capacity == 0 {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -132,19 +179,39 @@ impl Draft {
             ));
         }
         info.set_tcp_keepalive(self.heartbeat.tcp_keepalive());
-        let connect = ConnectConfig::new(
-            info,
-            self.credentials,
-            self.tls_config,
-            self.connect_timeout,
-            self.self_check,
-        )?;
+        let connect = match self.source {
+            Source::Hook(hook) => {
+                if self.credentials.is_some() {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "credentials() cannot be combined with connect_with(): the connect \
+                         hook opens the connections itself, so fetch the credentials inside it",
+                    ));
+                }
+                if self.tls_config.is_some() {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "tls_config() cannot be combined with connect_with(): the connect hook \
+                         opens the connections itself, so give it the TLS connector",
+                    ));
+                }
+                ConnectConfig::with_hook(hook, info, self.connect_timeout, self.self_check)
+            }
+            Source::Url(_) | Source::Driver(_) => ConnectConfig::new(
+                info,
+                self.credentials,
+                self.tls_config,
+                self.connect_timeout,
+                self.self_check,
+            )?,
+        };
         Ok(ListenerConfig {
             connect,
             queue_capacity: self.queue_capacity,
             backoff: self.backoff,
             heartbeat: self.heartbeat,
             task_placement: self.task_placement,
+            metrics_label: self.metrics_label,
         })
     }
 }
@@ -157,6 +224,7 @@ impl fmt::Debug for Draft {
             .field("target", &self.target())
             .field("env_defaults", &env)
             .field("credentials_hook", &self.credentials.is_some())
+            .field("connect_hook", &matches!(self.source, Source::Hook(_)))
             .field("tls_config", &self.tls_config.is_some())
             .field("queue_capacity", &self.queue_capacity)
             .field("backoff", &self.backoff)
@@ -164,6 +232,7 @@ impl fmt::Debug for Draft {
             .field("heartbeat", &self.heartbeat)
             .field("self_check", &self.self_check)
             .field("task_placement", &self.task_placement)
+            .field("metrics_label", &self.metrics_label)
             .finish()
     }
 }
@@ -177,6 +246,7 @@ pub(crate) struct ListenerConfig {
     pub(crate) backoff: Backoff,
     pub(crate) heartbeat: HeartbeatConfig,
     pub(crate) task_placement: TaskPlacement,
+    pub(crate) metrics_label: String,
 }
 
 impl fmt::Debug for ListenerConfig {

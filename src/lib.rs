@@ -7,6 +7,11 @@
 //! consumers do; it is re-established by itself after any loss, and every gap is
 //! announced.
 //!
+//! ```toml
+//! [dependencies]
+//! pglisten = "0.1"   # features: tls (default), serde, metrics; Rust 1.88 or later
+//! ```
+//!
 //! # Quick start
 //!
 //! ```no_run
@@ -142,14 +147,76 @@
 //! it passes [`QUEUE_USAGE_WARNING`], because when the queue is full every NOTIFY in the
 //! cluster fails.
 //!
+//! # Fitting into your application
+//!
+//! - [`ListenerBuilder::from_config`] takes the `tokio_postgres::Config` your pool is built
+//!   from; [`ListenerBuilder::connect_with`] takes your own function that opens each
+//!   connection.
+//! - [`notify`], [`notify_many`] and `notify_json` send through your own client or
+//!   transaction. To send through another client library (sqlx, diesel-async), check
+//!   with [`Channel::new`] and [`validate_payload`] (the same errors as `notify`), then
+//!   run `SELECT pg_notify($1, $2)`; [`Channel`] shows both.
+//! - [`Subscription::stats`] and [`Notification::received_at`] tell how each consumer
+//!   keeps up.
+//!
+//! **The commit lock.** A transaction that sent notifications takes one cluster-wide
+//! lock while it commits, so that notifications are queued in commit order: producers
+//! that notify in many small transactions commit one at a time. Send many
+//! notifications per transaction, and many per statement with [`notify_many`].
+//!
+//! # Security
+//!
+//! Any role that can connect to a database can NOTIFY and LISTEN on any channel of it;
+//! payloads are not authenticated; channel names are visible to other sessions (the
+//! statements show in `pg_stat_activity`, and whoever learns a name can LISTEN to it
+//! and read its payloads). Treat a
+//! notification as a hint to re-read data the role can see, never as a command, and keep
+//! secrets out of channel names and payloads. pglisten quotes channel names as
+//! identifiers and sends payloads as parameters (no SQL injection), and shows no
+//! password, key or token in `Debug`, `Display`, errors or logs.
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature, every listener publishes its figures through the
+//! [`metrics`](https://docs.rs/metrics) facade, to whatever recorder your application
+//! installed (a Prometheus exporter, OpenTelemetry, StatsD...). Install the recorder
+//! before building the listener: handles registered earlier go nowhere.
+//! `examples/metrics.rs` serves them to Prometheus.
+//!
+//! Every metric has the label `listener` ([`ListenerBuilder::metrics_label`], default
+//! `"default"`); a subscription's also have `subscription` (a number, in the order the
+//! listener's subscriptions were made, from 1) and `channels` (its channel names joined
+//! by `,`, cut after 200 bytes).
+//!
+//! | name | kind | what |
+//! |---|---|---|
+//! | `pglisten_notifications_received_total` | counter | notifications read from the server, once each |
+//! | `pglisten_notifications_delivered_total` | counter | notifications queued for subscriptions, one per subscriber |
+//! | `pglisten_notifications_dropped_total` | counter | notifications dropped because a subscription's queue was full |
+//! | `pglisten_reconnects_total` | counter | connections re-established after a loss, LISTEN active again |
+//! | `pglisten_listening` | gauge | 1 while LISTEN is active for every wanted channel, else 0 |
+//! | `pglisten_subscriptions` | gauge | live subscriptions |
+//! | `pglisten_channels` | gauge | channels LISTENed to on the current connection |
+//! | `pglisten_heartbeat_rtt_seconds` | gauge | round trip of the last heartbeat |
+//! | `pglisten_server_queue_usage_ratio` | gauge | `pg_notification_queue_usage()` at the last heartbeat, 0 to 1 |
+//! | `pglisten_subscription_queued` | gauge | notifications waiting in a subscription's queue |
+//! | `pglisten_subscription_lagged_total` | counter | notifications a subscription lost because its queue was full |
+//!
+//! The counters move once per read from the connection, never per notification. A
+//! subscription's queue length is published at every heartbeat and whenever it drops
+//! notifications, and set to 0 when the subscription is dropped (the series stays in
+//! the exporter: use its idle timeout to forget it). For a consumer's own view, without
+//! the feature, see [`Subscription::stats`] and [`Listener::stats`].
+//!
 //! # Feature flags
 //!
-//! - `tls` (on by default): TLS over rustls with the ring provider: `sslmode`,
-//!   `sslrootcert`, client certificates, channel binding; re-exports `rustls`. Without
-//!   it, a connection string that demands TLS is a [`ErrorKind::Config`] error.
-//! - `serde` (off by default): JSON payloads with `Notification::json`,
-//!   `Listener::notify_json` and `pglisten::notify_json` (the 8000-byte limit is checked
-//!   on the encoded bytes).
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tls` | on | TLS over rustls with the ring provider: `sslmode`, `sslrootcert`, client certificates, channel binding, [`ListenerBuilder::tls_config`]; re-exports `rustls`. Without it, a connection string that demands TLS is an [`ErrorKind::Config`] error. |
+//! | `serde` | off | JSON payloads (`Notification::json`, `Listener::notify_json`, `pglisten::notify_json`; the 8000-byte limit is checked on the encoded bytes), and `Serialize` for [`Notification`], [`ReconnectReport`], [`Stats`] and [`SubscriptionStats`]. |
+//! | `metrics` | off | the figures above through the `metrics` facade, and `ListenerBuilder::metrics_label`. |
+//!
+//! Items that need a feature are marked with it in these docs.
 //!
 //! # Example: notify inside your own transaction
 //!
@@ -175,7 +242,7 @@
 //   the task:       worker
 //   configuration:  config
 //   below the task: connect (reaching the server), fanout (routing to queues)
-//   foundations:    error, stats, channel, backoff, heartbeat, random
+//   foundations:    error, stats, telemetry, channel, backoff, heartbeat, random
 mod listener;
 mod notify;
 mod subscription;
@@ -193,20 +260,23 @@ mod error;
 mod heartbeat;
 mod random;
 mod stats;
+mod telemetry;
 
 pub use backoff::Backoff;
-pub use channel::{MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES};
+pub use channel::{
+    Channel, MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES, validate_channel, validate_payload,
+};
 pub use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY, TaskPlacement};
 pub use connect::Credentials;
 pub use error::{Error, ErrorKind, Result};
 pub use fanout::{Event, Notification, ReconnectReport};
 pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, QUEUE_USAGE_WARNING};
 pub use listener::{Listener, ListenerBuilder};
-pub use notify::notify;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub use notify::notify_json;
-pub use stats::{ListenerState, Stats};
+pub use notify::{notify, notify_many};
+pub use stats::{ListenerState, Stats, SubscriptionStats};
 pub use subscription::Subscription;
 
 /// The README's code, compiled and checked as doc tests.

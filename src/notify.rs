@@ -4,7 +4,7 @@
 
 #[cfg(feature = "serde")]
 use crate::channel::MAX_PAYLOAD_BYTES;
-use crate::connect::send_notification;
+use crate::connect::{send_notification, send_notifications};
 use crate::error::Result;
 #[cfg(feature = "serde")]
 use crate::error::{Error, ErrorKind};
@@ -31,6 +31,51 @@ where
     C: tokio_postgres::GenericClient + Sync,
 {
     send_notification(client, channel, payload).await
+}
+
+/// Sends many notifications on one channel in one statement and one round trip, in
+/// order: `SELECT pg_notify($1, payload) FROM unnest($2::text[]) WITH ORDINALITY ...
+/// ORDER BY` the position, so listeners receive them in the order given.
+///
+/// Every payload is checked first (as [`notify`] does); when one is refused nothing is
+/// sent. An empty batch sends nothing and makes no round trip.
+///
+/// # Why batch: the commit lock
+///
+/// A transaction that sent notifications takes one cluster-wide lock at commit, to append
+/// them to the server's notification queue in commit order. Committing producers queue
+/// behind it one at a time, so many small transactions that each notify contend on that
+/// lock, whatever the number of CPUs. Sending many notifications in one transaction
+/// takes the lock once, and doing it in one statement also saves a round trip per
+/// notification. BENCHMARKS.md ("Sending") measures the three ways.
+///
+/// Inside one transaction the server drops a notification whose channel and payload
+/// equal one already sent by that transaction, so give each payload something unique
+/// (an id) if every one must arrive.
+///
+/// ```no_run
+/// # async fn run(client: &mut tokio_postgres::Client) -> pglisten::Result<()> {
+/// let changed: Vec<String> = (1..=500).map(|id| id.to_string()).collect();
+/// let tx = client.transaction().await?;
+/// pglisten::notify_many(&tx, "orders", &changed).await?;
+/// tx.commit().await?; // listeners receive "1", "2", ... "500", in that order
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// As [`notify`]: [`ErrorKind::InvalidChannel`](crate::ErrorKind::InvalidChannel),
+/// [`ErrorKind::InvalidPayload`](crate::ErrorKind::InvalidPayload) (the message says
+/// which payload), or the server's refusal.
+pub async fn notify_many<C, I>(client: &C, channel: &str, payloads: I) -> Result<()>
+where
+    C: tokio_postgres::GenericClient + Sync,
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    let owned: Vec<I::Item> = payloads.into_iter().collect();
+    let texts: Vec<&str> = owned.iter().map(AsRef::as_ref).collect();
+    send_notifications(client, channel, &texts).await
 }
 
 #[cfg(feature = "serde")]

@@ -5,6 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::telemetry::ListenerMetrics;
+
 /// Where the background task is in its life.
 ///
 /// ```
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum ListenerState {
     /// Opening a connection.
@@ -71,7 +74,11 @@ impl ListenerState {
 /// }
 /// # }
 /// ```
+///
+/// With the `serde` feature it implements `Serialize` (durations as serde writes a
+/// `Duration`: `{"secs": .., "nanos": ..}`; the state as its name).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// What the task is doing now.
@@ -103,6 +110,38 @@ pub struct Stats {
     pub server_queue_usage: Option<f64>,
 }
 
+/// A snapshot of one subscription's queue and counters, from
+/// [`Subscription::stats`](crate::Subscription::stats).
+///
+/// `delivered + lagged` is every notification that reached this subscription, once the
+/// consumer has read everything `queued`.
+///
+/// ```no_run
+/// # fn f(events: &pglisten::Subscription) {
+/// let stats = events.stats();
+/// if stats.queued * 2 > stats.capacity {
+///     eprintln!("falling behind: {} of {} queued", stats.queued, stats.capacity);
+/// }
+/// println!("{} delivered, {} lost to lag", stats.delivered, stats.lagged);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct SubscriptionStats {
+    /// Notifications waiting to be read by this subscription's consumer now.
+    pub queued: usize,
+    /// How many notifications the queue holds at most
+    /// ([`ListenerBuilder::queue_capacity`](crate::ListenerBuilder::queue_capacity)).
+    pub capacity: usize,
+    /// Notifications dropped because the queue was full, since the subscription was
+    /// made: the sum of every [`Event::Lagged`](crate::Event::Lagged) count, including
+    /// drops not yet announced.
+    pub lagged: u64,
+    /// Notifications this subscription has yielded to its consumer.
+    pub delivered: u64,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct HeartbeatSample {
     at: Option<Instant>,
@@ -122,11 +161,27 @@ pub(crate) struct Status {
     subscriptions: AtomicUsize,
     channels: AtomicUsize,
     heartbeat: Mutex<HeartbeatSample>,
+    /// The same figures, published through the `metrics` facade (with that feature).
+    metrics: ListenerMetrics,
 }
 
 impl Status {
+    /// Figures that are also published as `metrics`.
+    pub(crate) fn with_metrics(metrics: ListenerMetrics) -> Self {
+        Status {
+            metrics,
+            ..Status::default()
+        }
+    }
+
+    /// The listener's metric handles, for its subscriptions' own.
+    pub(crate) fn metrics(&self) -> &ListenerMetrics {
+        &self.metrics
+    }
+
     pub(crate) fn set_state(&self, state: ListenerState) {
         self.state.store(state.to_u8(), Ordering::Relaxed);
+        self.metrics.listening(state == ListenerState::Listening);
     }
 
     pub(crate) fn state(&self) -> ListenerState {
@@ -147,27 +202,32 @@ impl Status {
     /// Notifications read from the server.
     pub(crate) fn add_received(&self, n: u64) {
         add(&self.received, n);
+        self.metrics.counted(n, 0, 0);
     }
 
     /// Notifications queued for subscriptions, and dropped for lag.
     pub(crate) fn add_delivered_and_dropped(&self, delivered: u64, dropped: u64) {
         add(&self.delivered, delivered);
         add(&self.dropped, dropped);
+        self.metrics.counted(0, delivered, dropped);
     }
 
     /// One more connection re-established after a loss.
     pub(crate) fn add_reconnect(&self) {
         add(&self.reconnects, 1);
+        self.metrics.reconnected();
     }
 
     /// Live subscriptions now.
     pub(crate) fn set_subscriptions(&self, count: usize) {
         self.subscriptions.store(count, Ordering::Relaxed);
+        self.metrics.subscriptions(count);
     }
 
     /// Channels LISTENed to on the current connection now.
     pub(crate) fn set_channels(&self, count: usize) {
         self.channels.store(count, Ordering::Relaxed);
+        self.metrics.channels(count);
     }
 
     pub(crate) fn record_heartbeat(&self, at: Instant, rtt: Duration, queue_usage: Option<f64>) {
@@ -177,6 +237,8 @@ impl Status {
             rtt: Some(rtt),
             queue_usage,
         };
+        drop(sample);
+        self.metrics.heartbeat(rtt, queue_usage);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -239,5 +301,30 @@ mod tests {
         assert!(stats.since_last_heartbeat.is_some());
         status.set_backend_pid(None);
         assert_eq!(status.snapshot().backend_pid, None);
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn stats_serialize_with_their_field_names() {
+        let status = Status::default();
+        status.set_state(ListenerState::Listening);
+        status.add_received(5);
+        status.record_heartbeat(Instant::now(), Duration::from_millis(3), Some(0.25));
+        let json = serde_json::to_value(status.snapshot()).unwrap();
+        assert_eq!(json["state"], "Listening");
+        assert_eq!(json["notifications_received"], 5);
+        assert_eq!(json["heartbeat_rtt"]["nanos"], 3_000_000);
+        assert_eq!(json["server_queue_usage"], 0.25);
+        assert_eq!(json["backend_pid"], serde_json::Value::Null);
+        let stats = SubscriptionStats {
+            queued: 1,
+            capacity: 8,
+            lagged: 2,
+            delivered: 3,
+        };
+        assert_eq!(
+            serde_json::to_value(stats).unwrap(),
+            serde_json::json!({ "queued": 1, "capacity": 8, "lagged": 2, "delivered": 3 })
+        );
     }
 }

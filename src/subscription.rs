@@ -10,6 +10,7 @@ use futures::stream::{FusedStream, Stream};
 use tokio::sync::mpsc;
 
 use crate::fanout::{Event, Mailbox, SubscriptionId};
+use crate::stats::SubscriptionStats;
 use crate::worker::Command;
 
 /// The events of the channels given to [`Listener::subscribe`](crate::Listener::subscribe):
@@ -58,6 +59,9 @@ pub struct Subscription {
     /// Notifications in `local`, published to the mailbox as they are read so that
     /// only unread ones count against the queue's capacity.
     unread: usize,
+    /// Notifications yielded so far (counted here, by the consumer alone: no shared
+    /// counter on the hot path).
+    delivered: u64,
     commands: mpsc::UnboundedSender<Command>,
     terminated: bool,
 }
@@ -75,6 +79,7 @@ impl Subscription {
             mailbox,
             local: VecDeque::new(),
             unread: 0,
+            delivered: 0,
             commands,
             terminated: false,
         }
@@ -91,6 +96,28 @@ impl Subscription {
     /// ```
     pub fn channels(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         self.channels.iter().map(|c| &**c)
+    }
+
+    /// This subscription's queue and counters now: how many notifications wait to be
+    /// read, the queue's capacity, how many were lost to lag in all, and how many were
+    /// yielded. Cheap (it holds the queue's lock for a moment), so it can be sampled often.
+    ///
+    /// ```no_run
+    /// # async fn run(listener: pglisten::Listener) -> pglisten::Result<()> {
+    /// let events = listener.subscribe(["orders"]).await?;
+    /// let stats = events.stats();
+    /// assert_eq!((stats.queued, stats.lagged, stats.delivered), (0, 0, 0));
+    /// assert_eq!(stats.capacity, pglisten::DEFAULT_QUEUE_CAPACITY);
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> SubscriptionStats {
+        let figures = self.mailbox.figures();
+        SubscriptionStats {
+            queued: figures.queued,
+            capacity: figures.capacity,
+            lagged: figures.dropped_total,
+            delivered: self.delivered,
+        }
     }
 }
 
@@ -109,6 +136,7 @@ impl Stream for Subscription {
         }
         let event = this.local.pop_front();
         if let Some(Event::Notification(_)) = &event {
+            this.delivered += 1;
             this.unread -= 1;
             this.mailbox.set_unread(this.unread);
         }

@@ -15,6 +15,7 @@ use tracing::debug;
 use super::conninfo::{ConnInfo, HostEntry, HostTimeout, SslMode};
 use super::credentials::CredentialsHook;
 use super::diagnose::{self, Transport};
+use super::hook::{ConnectHook, connect_hooked};
 use super::messages::{MessageStream, drive, message_stream};
 use super::passfile;
 #[cfg(feature = "tls")]
@@ -39,6 +40,9 @@ pub(crate) struct ConnectConfig {
     #[cfg(feature = "tls")]
     tls: Option<TlsSetup>,
     credentials: Option<CredentialsHook>,
+    /// Your function that opens each connection (`ListenerBuilder::connect_with`);
+    /// `info` then holds only defaults.
+    hook: Option<ConnectHook>,
     /// The builder's `connect_timeout`: the bound on each step of an attempt (each host,
     /// the set-up, the self-check, the first LISTEN) unless the connection string's
     /// `connect_timeout` bounds each host itself.
@@ -77,8 +81,9 @@ impl ConnectConfig {
         if info.base.get_user().is_none() && credentials.is_none() {
             return Err(Error::new(
                 ErrorKind::Config,
-                "the connection string names no user: add one (postgres://USER@host/db or \
-                 user=USER), or set PGUSER and use ListenerBuilder::from_env",
+                "no user name is given: add one to the connection string \
+                 (postgres://USER@host/db or user=USER) or to the tokio_postgres::Config \
+                 (config.user(..)), or set PGUSER and use ListenerBuilder::from_env",
             ));
         }
         #[cfg(feature = "tls")]
@@ -97,9 +102,30 @@ impl ConnectConfig {
             #[cfg(feature = "tls")]
             tls,
             credentials,
+            hook: None,
             connect_timeout,
             self_check,
         })
+    }
+
+    /// Connections opened by `hook`; pglisten's own connection settings (credentials,
+    /// TLS) cannot apply to them.
+    pub(crate) fn with_hook(
+        hook: ConnectHook,
+        info: ConnInfo,
+        connect_timeout: Duration,
+        self_check: bool,
+    ) -> Self {
+        ConnectConfig {
+            target: "the connections of the connect hook".to_owned(),
+            info,
+            #[cfg(feature = "tls")]
+            tls: None,
+            credentials: None,
+            hook: Some(hook),
+            connect_timeout,
+            self_check,
+        }
     }
 
     /// A connection string with no builder options and the default timeout.
@@ -139,6 +165,9 @@ impl ConnectConfig {
     /// that accepted us. Each host gets the whole [`step_timeout`](Self::step_timeout),
     /// as in libpq.
     pub(crate) async fn connect(&self) -> Result<Established> {
+        if let Some(hook) = &self.hook {
+            return self.connect_with_hook(hook).await;
+        }
         let (base, connector) = self.prepare().await?;
         let mut failures = Vec::new();
         let hosts: Vec<HostEntry> = if self.info.random_order {
@@ -161,8 +190,31 @@ impl ConnectConfig {
     /// A connection to one host of the list (the self-check's second connection goes
     /// to the host the first one reached, without walking the list again).
     pub(crate) async fn connect_to(&self, host: &HostEntry) -> Result<Established> {
+        if let Some(hook) = &self.hook {
+            return self.connect_with_hook(hook).await;
+        }
         let (base, connector) = self.prepare().await?;
         self.connect_bounded(&base, host, connector.as_ref()).await
+    }
+
+    /// One call of the connect hook within the step timeout.
+    async fn connect_with_hook(&self, hook: &ConnectHook) -> Result<Established> {
+        let attempt = connect_hooked(hook);
+        let Some(bound) = self.step_timeout() else {
+            return attempt.await;
+        };
+        tokio::time::timeout(bound, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the connect hook did not deliver a connection within {bound:?}: check \
+                         that the server is reachable, or raise the bound \
+                         (ListenerBuilder::connect_timeout)"
+                    ),
+                ))
+            })
     }
 
     /// The driver's settings with fresh credentials, and the TLS connector.

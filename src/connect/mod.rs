@@ -9,12 +9,17 @@
 //! - `session`: a connection set up for listening; its small requests; a clean close.
 //! - `diagnose`: driver errors and SQLSTATEs in words; the only code that reads an
 //!   error's text.
+//! - `driver_config`: a `tokio_postgres::Config` read as the equivalent connection
+//!   string (`ListenerBuilder::from_config`).
+//! - `hook`: connections opened by your own function (`ListenerBuilder::connect_with`).
 //! - `messages`: reading a connection through `poll_message`, and driving a query.
 
 mod attempt;
 mod conninfo;
 mod credentials;
 mod diagnose;
+mod driver_config;
+mod hook;
 mod messages;
 mod passfile;
 mod servicefile;
@@ -27,6 +32,9 @@ pub(crate) use conninfo::{ConnInfo, env_defaults};
 pub use credentials::Credentials;
 pub(crate) use credentials::{BoxError, CredentialsHook};
 pub(crate) use diagnose::{connection_lost, listen_refused};
+pub(crate) use driver_config::conn_info as conn_info_from_driver;
+pub(crate) use hook::{ConnectHook, connect_hook};
 pub(crate) use session::{
     Session, close_gracefully, listening_channels, not_connected, open_session, send_notification,
+    send_notifications,
 };

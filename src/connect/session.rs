@@ -271,6 +271,46 @@ where
         .map_err(diagnose::notify_failed)
 }
 
+/// The statement behind `notify_many`: one `pg_notify` per element, in the array's order.
+/// `ORDER BY` on the ordinality fixes the order of the rows, and PostgreSQL (9.6 and
+/// later) evaluates a volatile function of the select list, such as `pg_notify`, after
+/// the sort, so the calls, and the notifications, follow the array.
+pub(crate) const NOTIFY_MANY_SQL: &str = "SELECT pg_notify($1, payload) \
+     FROM unnest($2::text[]) WITH ORDINALITY AS batch(payload, position) \
+     ORDER BY position";
+
+/// Sends every payload on `channel` in one statement, in order, after checking them
+/// all: nothing is sent when one is refused.
+pub(crate) async fn send_notifications<C>(
+    client: &C,
+    channel: &str,
+    payloads: &[&str],
+) -> Result<()>
+where
+    C: tokio_postgres::GenericClient + Sync,
+{
+    use tokio_postgres::types::Type;
+    validate_channel(channel)?;
+    for (position, payload) in payloads.iter().enumerate() {
+        validate_payload(payload).map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!("payload {position} of the batch (counting from 0): {e}; nothing was sent"),
+            )
+        })?;
+    }
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute_typed(
+            NOTIFY_MANY_SQL,
+            &[(&channel, Type::TEXT), (&payloads, Type::TEXT_ARRAY)],
+        )
+        .await
+        .map(|_| ())
+        .map_err(diagnose::notify_failed)
+
 #[cfg(test)]
 mod tests {
     use super::*;

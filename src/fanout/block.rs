@@ -21,6 +21,7 @@
 //! busy channel it does not listen to fills the blocks.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Notifications per block at most: also the largest batch handed to a subscription at
 /// once. With 128, what a current-thread runtime touches per batch (the socket's bytes,
@@ -44,14 +45,28 @@ pub(crate) fn is_sparse(received: usize, total: usize) -> bool {
 /// batch, not per notification.
 pub(crate) type Share = Arc<Arc<Block>>;
 
-/// The channels, payloads and sender pids of a batch of notifications.
-#[derive(Debug, Default)]
+/// The channels, payloads and sender pids of a batch of notifications, and when it was
+/// read.
+#[derive(Debug)]
 pub(crate) struct Block {
     /// The channels of the notifications, each stored once per run of notifications on
     /// the same channel.
     channels: Vec<Arc<str>>,
     payloads: String,
     entries: Vec<Entry>,
+    /// When the batch was read: one clock read per block, not per notification.
+    received_at: SystemTime,
+}
+
+impl Default for Block {
+    fn default() -> Self {
+        Block {
+            channels: Vec::new(),
+            payloads: String::new(),
+            entries: Vec::new(),
+            received_at: SystemTime::UNIX_EPOCH,
+        }
+    }
 }
 
 /// One notification of a [`Block`].
@@ -103,7 +118,15 @@ impl Block {
                 }
             }
         }
-        builder.take()
+        let mut copy = builder.take();
+        copy.received_at = self.received_at;
+        copy
+    }
+
+    /// When the batch was read from the connection.
+    #[inline]
+    pub(crate) fn received_at(&self) -> SystemTime {
+        self.received_at
     }
 
     #[inline]
@@ -196,11 +219,14 @@ impl BlockBuilder {
         self.entries.len() >= MAX_ENTRIES || self.payloads.len() >= MAX_TEXT
     }
 
-    /// Ends the block being filled and returns it; the next push starts a new one.
+    /// Ends the block being filled and returns it, stamped with the time (the one clock
+    /// read of the batch); the next push starts a new one.
     pub(crate) fn seal(&mut self) -> Arc<Block> {
         self.last_text = self.payloads.len().min(MAX_TEXT + MAX_TEXT / 4);
         self.last_entries = self.entries.len();
-        Arc::new(self.take())
+        let mut block = self.take();
+        block.received_at = SystemTime::now();
+        Arc::new(block)
     }
 
     fn take(&mut self) -> Block {
@@ -208,6 +234,7 @@ impl BlockBuilder {
             channels: std::mem::take(&mut self.channels),
             payloads: std::mem::take(&mut self.payloads),
             entries: std::mem::take(&mut self.entries),
+            received_at: SystemTime::UNIX_EPOCH,
         }
     }
 }
@@ -307,12 +334,27 @@ mod tests {
             ("a", "one", 1)
         );
         assert_eq!(copy.channels.len(), 1);
+        assert_eq!(
+            copy.received_at(),
+            block.received_at(),
+            "a copy keeps the time"
+        );
         let odd = block.extract(&[7, 1]);
         assert_eq!(
             (odd.payload(0), odd.payload(1)),
             ("", "two"),
             "positions are kept"
         );
+    }
+
+    #[test]
+    fn sealing_stamps_the_block_with_the_time_once() {
+        let mut builder = BlockBuilder::default();
+        builder.push(1, &name("a"), "one");
+        let before = SystemTime::now();
+        let block = builder.seal();
+        let after = SystemTime::now();
+        assert!(before <= block.received_at() && block.received_at() <= after);
     }
 
     #[test]

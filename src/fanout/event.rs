@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 #[cfg(test)]
 use super::block::Block;
@@ -156,6 +156,24 @@ impl Notification {
     pub fn process_id(&self) -> i32 {
         self.block.process_id(self.index)
     }
+
+    /// When the listener read it from the connection (the wall clock, read once per
+    /// read batch, so notifications received together share one time). Compare it with
+    /// a time the sender put in the payload, or with the time you handle it, to watch
+    /// delivery lag.
+    ///
+    /// ```
+    /// # fn f(n: pglisten::Notification) {
+    /// let waited = n.received_at().elapsed().unwrap_or_default();
+    /// if waited > std::time::Duration::from_secs(1) {
+    ///     eprintln!("this consumer is {waited:?} behind");
+    /// }
+    /// # }
+    /// ```
+    #[inline]
+    pub fn received_at(&self) -> SystemTime {
+        self.block.received_at()
+    }
 }
 
 impl fmt::Debug for Notification {
@@ -164,6 +182,7 @@ impl fmt::Debug for Notification {
             .field("channel", &self.channel())
             .field("payload", &self.payload())
             .field("process_id", &self.process_id())
+            .field("received_at", &self.received_at())
             .finish()
     }
 }
@@ -261,5 +280,68 @@ impl fmt::Debug for ReconnectReport {
             .field("attempts", &self.attempts())
             .field("host", &self.host())
             .finish()
+    }
+}
+
+/// `{"channel", "payload", "process_id", "received_at"}`, the time as serde writes a
+/// `SystemTime` (`{"secs_since_epoch": .., "nanos_since_epoch": ..}`).
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+impl serde::Serialize for Notification {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("Notification", 4)?;
+        out.serialize_field("channel", self.channel())?;
+        out.serialize_field("payload", self.payload())?;
+        out.serialize_field("process_id", &self.process_id())?;
+        out.serialize_field("received_at", &self.received_at())?;
+        out.end()
+    }
+}
+
+/// `{"host", "downtime", "attempts"}`, the downtime as serde writes a `Duration`
+/// (`{"secs": .., "nanos": ..}`).
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+impl serde::Serialize for ReconnectReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("ReconnectReport", 3)?;
+        out.serialize_field("host", self.host())?;
+        out.serialize_field("downtime", &self.downtime())?;
+        out.serialize_field("attempts", &self.attempts())?;
+        out.end()
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_and_reports_serialize_every_field() {
+        let n = Notification::for_tests("orders", "42");
+        let json = serde_json::to_value(&n).unwrap();
+        assert_eq!(json["channel"], "orders");
+        assert_eq!(json["payload"], "42");
+        assert_eq!(json["process_id"], 0);
+        let at = n
+            .received_at()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(json["received_at"]["secs_since_epoch"], at.as_secs());
+        assert_eq!(json["received_at"]["nanos_since_epoch"], at.subsec_nanos());
+
+        let report =
+            ReconnectReport::new(Duration::from_millis(1500), 3).with_host(Arc::from("db:5432"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "host": "db:5432",
+                "downtime": { "secs": 1, "nanos": 500_000_000 },
+                "attempts": 3
+            })
+        );
     }
 }

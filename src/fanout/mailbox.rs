@@ -25,6 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use super::event::{Event, Notification};
+use crate::telemetry::QueueMetrics;
 
 /// What one call to [`Mailbox::deliver`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,12 +53,23 @@ pub(crate) enum Wake {
     Later,
 }
 
+/// A mailbox's figures at one moment ([`Mailbox::figures`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueFigures {
+    pub(crate) queued: usize,
+    pub(crate) capacity: usize,
+    pub(crate) dropped_total: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     state: Mutex<State>,
     /// Notifications the consumer has taken but not read yet; written by the consumer
     /// alone, without the lock, as it reads.
     unread: AtomicUsize,
+    /// The queue's figures as `metrics` (with that feature): published when
+    /// notifications are dropped and at [`Mailbox::publish`], never per notification.
+    metrics: QueueMetrics,
 }
 
 #[derive(Debug)]
@@ -70,12 +82,20 @@ struct State {
     dropped: u64,
     /// Dropped since the current lag episode began (0: not lagging).
     episode: u64,
+    /// Dropped since the mailbox was made.
+    dropped_total: u64,
     waker: Option<Waker>,
     closed: bool,
 }
 
 impl Mailbox {
+    #[cfg(test)]
     pub(crate) fn new(capacity: usize) -> Self {
+        Mailbox::with_metrics(capacity, QueueMetrics::default())
+    }
+
+    /// A mailbox whose figures are also published through `metrics`.
+    pub(crate) fn with_metrics(capacity: usize, metrics: QueueMetrics) -> Self {
         Mailbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -83,10 +103,12 @@ impl Mailbox {
                 capacity,
                 dropped: 0,
                 episode: 0,
+                dropped_total: 0,
                 waker: None,
                 closed: false,
             }),
             unread: AtomicUsize::new(0),
+            metrics,
         }
     }
 
@@ -112,6 +134,7 @@ impl Mailbox {
         wake: Wake,
     ) -> Delivery {
         let mut delivery = Delivery::default();
+        let queued_after;
         let waker = {
             let mut state = self.lock();
             if state.closed {
@@ -136,6 +159,7 @@ impl Mailbox {
                     }
                     state.dropped += 1;
                     state.episode += 1;
+                    state.dropped_total += 1;
                     delivery.dropped += 1;
                 } else {
                     if state.episode > 0 {
@@ -147,6 +171,7 @@ impl Mailbox {
                     delivery.queued += 1;
                 }
             }
+            queued_after = state.queued + unread;
             if delivery.queued == 0 || state.waker.is_none() {
                 None
             } else if wake == Wake::Now || 2 * (state.queued + unread) >= state.capacity {
@@ -159,7 +184,31 @@ impl Mailbox {
         if let Some(waker) = waker {
             waker.wake();
         }
+        if delivery.dropped > 0 {
+            // Lagging: rare, and worth showing at once.
+            self.metrics.lagged(delivery.dropped);
+            self.metrics.queued(queued_after);
+        }
         delivery
+    }
+
+    /// Publishes the queue's length as a metric (with the `metrics` feature).
+    pub(crate) fn publish(&self) {
+        if self.metrics.enabled() {
+            let queued = self.figures().queued;
+            self.metrics.queued(queued);
+        }
+    }
+
+    /// The queue's figures now: notifications waiting (queued, or taken by the
+    /// consumer and not read yet), its capacity, and every notification dropped so far.
+    pub(crate) fn figures(&self) -> QueueFigures {
+        let state = self.lock();
+        QueueFigures {
+            queued: state.queued + self.unread.load(Ordering::Relaxed),
+            capacity: state.capacity,
+            dropped_total: state.dropped_total,
+        }
     }
 
     /// Wakes the consumer if it is parked (see [`Wake::Later`]).
@@ -219,6 +268,7 @@ impl Mailbox {
             state.closed = true;
             state.waker.take()
         };
+        self.metrics.queued(0);
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -436,6 +486,28 @@ mod tests {
         // The consumer holds two unread; only one more fits.
         let d = m.deliver(batch(&["c", "d"]));
         assert_eq!((d.queued, d.dropped), (1, 1));
+    }
+
+    #[test]
+    fn figures_count_what_waits_and_every_drop_ever() {
+        let m = Mailbox::new(3);
+        let figures = |m: &Mailbox| {
+            let f = m.figures();
+            (f.queued, f.capacity, f.dropped_total)
+        };
+        assert_eq!(figures(&m), (0, 3, 0));
+        let waker = Waker::from(Arc::new(CountingWaker::default()));
+        let mut cx = Context::from_waker(&waker);
+        let mut local = VecDeque::new();
+        m.deliver(batch(&["a", "b", "c", "d"]));
+        assert_eq!(figures(&m), (3, 3, 1));
+        assert!(m.poll_take(&mut cx, &mut local).is_ready());
+        assert_eq!(figures(&m), (3, 3, 1), "taken but unread still waits");
+        m.set_unread(1);
+        assert_eq!(figures(&m), (1, 3, 1));
+        m.deliver(batch(&["e", "f", "g"]));
+        // The Lagged announcement resets the episode's count, not the total.
+        assert_eq!(figures(&m), (3, 3, 2));
     }
 
     #[test]

@@ -428,6 +428,14 @@ impl Registry {
         totals
     }
 
+    /// Publishes every subscription's queue length as a metric (with the `metrics`
+    /// feature; called at each heartbeat).
+    pub(crate) fn publish_queues(&self) {
+        for entry in self.slots.iter().flatten() {
+            entry.mailbox.publish();
+        }
+    }
+
     /// Wakes the consumers that [`Wake::Later`] flushes left parked.
     pub(crate) fn wake_owed(&mut self) {
         for slot in self.wake_pending.drain(..) {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use super::Listener;
 use crate::backoff::Backoff;
-use crate::config::Draft;
 use crate::config::TaskPlacement;
-use crate::connect::{BoxError, Credentials, CredentialsHook, env_defaults};
+use crate::config::{Draft, Source};
+use crate::connect::{BoxError, Credentials, CredentialsHook, connect_hook, env_defaults};
 #[cfg(doc)]
 use crate::error::ErrorKind;
 use crate::error::Result;
@@ -175,6 +175,21 @@ impl ListenerBuilder {
         self
     }
 
+    /// The value of the `listener` label on this listener's metrics (`metrics`
+    /// feature; default `"default"`), to tell several listeners of one process apart.
+    /// The metric names are listed in the crate docs ("Metrics").
+    ///
+    /// ```
+    /// let builder = pglisten::Listener::builder("postgres://app@db/app").metrics_label("orders");
+    /// # let _ = builder;
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_label(mut self, label: impl Into<String>) -> Self {
+        self.draft.metrics_label = label.into();
+        self
+    }
+
     /// Connects, and returns once the connection is established. Fails fast: an
     /// unreachable server, refused credentials or a bad setting are reported here,
     /// without a retry loop. Once connected, later losses are recovered in the
@@ -326,6 +341,141 @@ impl ListenerBuilder {
         ListenerBuilder::new("").env_defaults()
     }
 
+    /// Starts a builder from a [`tokio_postgres::Config`] your application already has,
+    /// for example the one your connection pool is built from. It is read as the
+    /// equivalent connection string, with the same rules and defaults: its hosts, ports
+    /// and `hostaddr`s (tried in order, a standby skipped), user, password, database,
+    /// options, application name, `connect_timeout` (per host, rounded up to whole
+    /// seconds), keepalives, `tcp_user_timeout`, `target_session_attrs`, channel
+    /// binding, `load_balance_hosts` and its TLS mode.
+    ///
+    /// TLS: the config's `ssl_mode` decides whether TLS is used, as `sslmode` does in a
+    /// connection string (`Prefer`, the driver's default, falls back to plaintext;
+    /// `Require` insists). A `tokio_postgres::Config` has no root certificates, so with
+    /// `Require` alone the server is not authenticated (as libpq's `sslmode=require`):
+    /// to check its certificate, give your roots with
+    /// [`tls_config`](ListenerBuilder::tls_config). For libpq's `verify-full` with
+    /// `sslrootcert` files, use a connection string instead. TLS needs the `tls`
+    /// feature; without it, a config whose mode is `Require` is refused by `connect`.
+    ///
+    /// Keepalives left at the driver's defaults are tuned to the heartbeat, as for a
+    /// connection string. Problems (a password that is not UTF-8, a
+    /// `target_session_attrs` that asks for a standby) are reported by `connect` as
+    /// [`ErrorKind::Config`] errors.
+    ///
+    /// ```no_run
+    /// # async fn run() -> pglisten::Result<()> {
+    /// let mut config = pglisten::tokio_postgres::Config::new();
+    /// config.host("db.internal").user("app").password("s3cret").dbname("app");
+    /// let listener = pglisten::ListenerBuilder::from_config(config)
+    ///     .queue_capacity(10_000)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// From [deadpool-postgres](https://docs.rs/deadpool-postgres): its
+    /// `Config::get_pg_config()` gives the `tokio_postgres::Config` its pool uses (the
+    /// `tokio-postgres` version must be the one pglisten re-exports, or the types differ):
+    ///
+    /// ```ignore
+    /// let pool_config: deadpool_postgres::Config = settings.postgres; // as the pool has it
+    /// let listener = pglisten::ListenerBuilder::from_config(pool_config.get_pg_config()?)
+    ///     .connect()
+    ///     .await?;
+    /// ```
+    ///
+    /// From [sqlx](https://docs.rs/sqlx): sqlx's `PgConnectOptions` is usually parsed from
+    /// a URL (`DATABASE_URL`); give pglisten the same URL with
+    /// [`Listener::connect`](crate::Listener::connect), which reads libpq's keys as
+    /// sqlx does (a parameter only sqlx knows, such as `statement-cache-capacity`, is
+    /// refused with an error; drop it from the listener's copy). Options built in code
+    /// can be carried over field by field (sqlx does not give the password back, so pass
+    /// the one you set):
+    ///
+    /// ```ignore
+    /// let options: sqlx::postgres::PgConnectOptions = /* your pool's options */;
+    /// let mut config = pglisten::tokio_postgres::Config::new();
+    /// config
+    ///     .host(options.get_host())
+    ///     .port(options.get_port())
+    ///     .user(options.get_username())
+    ///     .password(&password);
+    /// if let Some(database) = options.get_database() {
+    ///     config.dbname(database);
+    /// }
+    /// let listener = pglisten::ListenerBuilder::from_config(config).connect().await?;
+    /// ```
+    pub fn from_config(config: tokio_postgres::Config) -> ListenerBuilder {
+        ListenerBuilder {
+            draft: Draft::from_source(Source::Driver(Box::new(config))),
+        }
+    }
+
+    /// Starts a builder whose connections your own function opens: `connect` is called
+    /// for every connection attempt (the first, and each reconnect, failed attempts
+    /// included), and returns a connected `tokio_postgres` client and connection, as
+    /// `tokio_postgres::connect` or `Config::connect` give them, over any transport and
+    /// TLS library. This is pgxlisten's `Connect` function: use it when connecting
+    /// needs something pglisten does not do (a TLS library of your own, a tunnel, a
+    /// secret fetched per connection, a pool's configuration type).
+    ///
+    /// pglisten then reads the connection (never awaiting it as a future, which would
+    /// lose notifications), checks that the server is a primary (LISTEN does not work
+    /// on a standby), and uses it as any other. With the self-check on (the default,
+    /// [`self_check`](ListenerBuilder::self_check)), each attempt calls `connect` once
+    /// more, for the short-lived second connection that sends the check's NOTIFY; with
+    /// `self_check(false)` it is called exactly once per attempt. Each call is bounded
+    /// by [`connect_timeout`](ListenerBuilder::connect_timeout), and runs where the
+    /// [`credentials`](ListenerBuilder::credentials) hook would: in the listener's
+    /// background task, never inside a subscription's `poll_next`.
+    ///
+    /// A hook that returns an error makes that attempt fail: reported by
+    /// [`connect`](ListenerBuilder::connect) on the first attempt, and as an
+    /// [`Event::Error`](crate::Event::Error) followed by a retry with backoff later. A
+    /// `tokio_postgres::Error` is put in words like any connection failure (its kind
+    /// says whether it is authentication, TLS, ...); any other error is the source of
+    /// an error of kind [`ErrorKind::Connect`]. The connection's own settings are the
+    /// hook's: [`credentials`](ListenerBuilder::credentials) and
+    /// [`tls_config`](ListenerBuilder::tls_config) cannot be combined with it (`connect`
+    /// says so), TCP keepalives are whatever the hook's configuration sets (the
+    /// heartbeat detects dead connections either way), and
+    /// [`ReconnectReport::host`](crate::ReconnectReport::host) is the server's address
+    /// as it reports it (`inet_server_addr()`).
+    ///
+    /// ```no_run
+    /// use pglisten::tokio_postgres::{self, NoTls};
+    ///
+    /// # async fn run() -> pglisten::Result<()> {
+    /// let listener = pglisten::ListenerBuilder::connect_with(|| async {
+    ///     let mut config = tokio_postgres::Config::new();
+    ///     config.host("db.internal").user("app").dbname("app");
+    ///     config.password(std::env::var("APP_DB_PASSWORD").unwrap_or_default());
+    ///     config.connect(NoTls).await
+    /// })
+    /// .connect()
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn connect_with<F, Fut, S, T, E>(connect: F) -> ListenerBuilder
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<
+                Output = std::result::Result<
+                    (tokio_postgres::Client, tokio_postgres::Connection<S, T>),
+                    E,
+                >,
+            > + Send
+            + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        E: Into<BoxError>,
+    {
+        ListenerBuilder {
+            draft: Draft::from_source(Source::Hook(connect_hook(connect))),
+        }
+    }
+
     /// Fills in every key the connection string leaves out from libpq's environment
     /// variables (the list is at [`from_env`](ListenerBuilder::from_env)); keys in the
     /// string win. The environment is read once, here.
@@ -341,6 +491,7 @@ impl ListenerBuilder {
     /// ```
     pub fn env_defaults(mut self) -> Self {
         self.draft.env = env_defaults(|var| std::env::var(var).ok());
+        self.draft.env_requested = true;
         self
     }
 

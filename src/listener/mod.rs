@@ -153,7 +153,8 @@ impl Listener {
         }
         self.check_open()?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let mailbox = Arc::new(Mailbox::new(self.inner.queue_capacity));
+        let metrics = self.inner.status.metrics().subscription(id, &names);
+        let mailbox = Arc::new(Mailbox::with_metrics(self.inner.queue_capacity, metrics));
         let (ack, acked) = oneshot::channel();
         let command = Command::Subscribe {
             id,

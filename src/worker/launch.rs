@@ -17,6 +17,7 @@ use crate::config::{ListenerConfig, TaskPlacement};
 use crate::connect::{Session, open_session};
 use crate::error::{Error, ErrorKind, Result};
 use crate::stats::{ListenerState, Status};
+use crate::telemetry::ListenerMetrics;
 
 /// What a handle needs to talk to a started task.
 pub(crate) struct Started {
@@ -54,7 +55,9 @@ impl Place {
 /// The worker and the handles to it, before it runs.
 fn prepare(config: &Arc<ListenerConfig>, place: &Place) -> (Worker, Started) {
     let (commands, receiver) = mpsc::unbounded_channel();
-    let status = Arc::new(Status::default());
+    let status = Arc::new(Status::with_metrics(ListenerMetrics::register(
+        &config.metrics_label,
+    )));
     let batches_per_poll = batches_per_poll(match place {
         Place::Caller(handle) => Some(handle.runtime_flavor()),
         Place::OwnThread => None,

@@ -345,6 +345,7 @@ impl Worker {
         let answer = heartbeat::parse_probe(messages);
         self.status
             .record_heartbeat(now, now - probe.sent, answer.queue_usage);
+        self.registry.publish_queues();
         if let Some(usage) = answer.queue_usage {
             match self.queue_alarm.observe(usage) {
                 Some(AlarmChange::Raised) => warn!(

@@ -19,10 +19,13 @@ fn public_types_are_send_sync_unpin_and_static() {
     check::<pglisten::ErrorKind>();
     check::<pglisten::ReconnectReport>();
     check::<pglisten::Backoff>();
+    check::<pglisten::Channel>();
+    check::<pglisten::SubscriptionStats>();
     fn clone<T: Clone>() {}
     clone::<Listener>();
     clone::<pglisten::Error>();
     clone::<pglisten::Notification>();
+    clone::<pglisten::Channel>();
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod support;
 mod alloc;
 mod bad_input;
 mod delivery;
+mod existing_config;
 mod failover;
 mod faults;
 mod idle;
@@ -16,13 +17,17 @@ mod idle;
 mod json;
 mod layout;
 mod lifecycle;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod misbehaving;
 mod pooler;
 mod reconnect;
 mod secrets;
+mod sending;
 mod server_language;
 mod soak;
 mod stats;
+mod subscription_stats;
 #[cfg(feature = "tls")]
 mod tls;
 mod versions;

@@ -944,3 +944,69 @@ async fn a_key_file_others_may_read_or_an_encrypted_key_is_refused_with_what_to_
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `ListenerBuilder::from_config`: the config's TLS mode decides whether TLS is used, and
+/// the builder's `tls_config` how the server is checked.
+#[tokio::test]
+async fn a_driver_config_gets_tls_from_its_mode_or_the_builders_tls_config() {
+    use pglisten::rustls;
+    use pglisten::tokio_postgres::config::SslMode;
+    let server = tls_server().await;
+    let config = |mode: SslMode| {
+        let mut config = pglisten::tokio_postgres::Config::new();
+        config
+            .host("localhost")
+            .port(server.port())
+            .user("app")
+            .password(APP_PASSWORD)
+            .dbname("postgres")
+            .ssl_mode(mode);
+        config
+    };
+    let rustls_config = |root: &std::path::Path| {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(root).unwrap();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+    };
+
+    // The mode alone (as libpq's sslmode=require): encrypted.
+    let listener = ListenerBuilder::from_config(config(SslMode::Require))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_report(&e)));
+    assert!(is_encrypted(server, &listener).await);
+    listener.shutdown().await;
+
+    // With the builder's rustls config and the right roots: encrypted and verified.
+    let listener = ListenerBuilder::from_config(config(SslMode::Require))
+        .tls_config(rustls_config(&server.root))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_report(&e)));
+    assert!(is_encrypted(server, &listener).await);
+    listener.shutdown().await;
+
+    // The builder's config is what checks the server: other roots are refused.
+    let err = ListenerBuilder::from_config(config(SslMode::Require))
+        .tls_config(rustls_config(&server.other_root))
+        .connect()
+        .await
+        .expect_err("a certificate from an unknown CA is refused");
+    assert_eq!(err.kind(), ErrorKind::Tls, "{}", error_report(&err));
+
+    // Disable: the server (hostssl only) refuses the plaintext connection.
+    let err = ListenerBuilder::from_config(config(SslMode::Disable))
+        .connect()
+        .await
+        .expect_err("no plaintext connection is allowed");
+    assert_ne!(err.kind(), ErrorKind::Config, "{}", error_report(&err));
+}
