@@ -97,7 +97,9 @@ pub(crate) struct Draft {
     pub(crate) backoff: Backoff,
     pub(crate) connect_timeout: Duration,
     pub(crate) heartbeat: HeartbeatConfig,
-    pub(crate) self_check: bool,
+    /// `None`: the default, on for a connection string or a driver `Config`, off for
+    /// a connect hook (see `ListenerBuilder::connect_with`).
+    pub(crate) self_check: Option<bool>,
     pub(crate) task_placement: TaskPlacement,
     /// The `listener` label of the `metrics` feature's figures.
     pub(crate) metrics_label: String,
@@ -121,7 +123,7 @@ impl Draft {
             backoff: Backoff::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             heartbeat: HeartbeatConfig::default(),
-            self_check: true,
+            self_check: None,
             task_placement: TaskPlacement::Auto,
             metrics_label: DEFAULT_LISTENER_LABEL.to_owned(),
         }
@@ -195,14 +197,19 @@ impl Draft {
                          opens the connections itself, so give it the TLS connector",
                     ));
                 }
-                ConnectConfig::with_hook(hook, info, self.connect_timeout, self.self_check)
+                ConnectConfig::with_hook(
+                    hook,
+                    info,
+                    self.connect_timeout,
+                    self.self_check.unwrap_or(false),
+                )
             }
             Source::Url(_) | Source::Driver(_) => ConnectConfig::new(
                 info,
                 self.credentials,
                 self.tls_config,
                 self.connect_timeout,
-                self.self_check,
+                self.self_check.unwrap_or(true),
             )?,
         };
         Ok(ListenerConfig {
@@ -278,6 +285,31 @@ mod tests {
         assert_eq!(config.queue_capacity, DEFAULT_QUEUE_CAPACITY);
         assert_eq!(config.connect.connect_timeout(), DEFAULT_CONNECT_TIMEOUT);
         assert!(config.connect.self_check());
+    }
+
+    #[test]
+    fn the_self_check_is_on_by_default_except_for_a_connect_hook() {
+        let hook = || {
+            crate::connect::connect_hook(|| async {
+                tokio_postgres::Config::new()
+                    .connect(tokio_postgres::NoTls)
+                    .await
+            })
+        };
+        let checked = |mut draft: Draft, asked: Option<bool>| {
+            draft.self_check = asked;
+            draft.validate().unwrap().connect.self_check()
+        };
+        let url = || Draft::new("postgres://app@db/app");
+        assert!(checked(url(), None));
+        assert!(!checked(url(), Some(false)));
+        // A hook is called once per attempt unless the check's second connection is
+        // asked for.
+        assert!(!checked(Draft::from_source(Source::Hook(hook())), None));
+        assert!(checked(
+            Draft::from_source(Source::Hook(hook())),
+            Some(true)
+        ));
     }
 
     #[test]

@@ -310,6 +310,7 @@ where
         .await
         .map(|_| ())
         .map_err(diagnose::notify_failed)
+}
 
 #[cfg(test)]
 mod tests {

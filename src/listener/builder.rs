@@ -133,7 +133,8 @@ impl ListenerBuilder {
     }
 
     /// Whether every connection proves, before it is used, that notifications sent by
-    /// other sessions reach it (default: on). The check LISTENs a private channel, sends
+    /// other sessions reach it (default: on, except for a listener built with
+    /// [`connect_with`](ListenerBuilder::connect_with)). The check LISTENs a private channel, sends
     /// a NOTIFY to it from a second short-lived connection, and waits for it.
     ///
     /// It exists for poolers: behind PgBouncer (or RDS Proxy, Supavisor...) in
@@ -147,7 +148,7 @@ impl ListenerBuilder {
     /// # let _ = builder;
     /// ```
     pub fn self_check(mut self, enabled: bool) -> Self {
-        self.draft.self_check = enabled;
+        self.draft.self_check = Some(enabled);
         self
     }
 
@@ -422,10 +423,12 @@ impl ListenerBuilder {
     ///
     /// pglisten then reads the connection (never awaiting it as a future, which would
     /// lose notifications), checks that the server is a primary (LISTEN does not work
-    /// on a standby), and uses it as any other. With the self-check on (the default,
-    /// [`self_check`](ListenerBuilder::self_check)), each attempt calls `connect` once
-    /// more, for the short-lived second connection that sends the check's NOTIFY; with
-    /// `self_check(false)` it is called exactly once per attempt. Each call is bounded
+    /// on a standby), and uses it as any other. `connect` is called exactly once per
+    /// attempt: the delivery self-check, which needs a second connection, is off for a
+    /// hook unless you turn it on with [`self_check(true)`](ListenerBuilder::self_check)
+    /// (then each attempt calls `connect` a second time, for the short-lived connection
+    /// that sends the check's NOTIFY). Turn it on when the hook may connect through a
+    /// pooler: behind one in transaction mode, notifications never arrive. Each call is bounded
     /// by [`connect_timeout`](ListenerBuilder::connect_timeout), and runs where the
     /// [`credentials`](ListenerBuilder::credentials) hook would: in the listener's
     /// background task, never inside a subscription's `poll_next`.

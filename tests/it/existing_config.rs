@@ -64,7 +64,6 @@ async fn the_connect_hook_is_called_once_per_attempt() {
             }
         }
     })
-    .self_check(false)
     .backoff(fast_backoff())
     .connect()
     .await
@@ -126,6 +125,7 @@ async fn with_the_self_check_the_hook_also_opens_the_checks_sender() {
             async move { config.connect(NoTls).await }
         }
     })
+    .self_check(true)
     .backoff(fast_backoff())
     .connect()
     .await

@@ -24,7 +24,7 @@ mod values;
 use keys::{ENV_SESSION_SETTINGS, check_key, invalid_value};
 pub(crate) use keys::{ENV_VARS, env_defaults};
 use syntax::parse_params;
-use values::build;
+pub(super) use values::build;
 
 /// Where libpq looks for the server's Unix socket when no host is given (its
 /// compile-time default: `/tmp` upstream, `/var/run/postgresql` in Debian's, Ubuntu's

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::{Error, ErrorKind, Result};
 
-pub(super) fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
+pub(in crate::connect) fn build(mut params: BTreeMap<String, String>) -> Result<ConnInfo> {
     // target_session_attrs: the listener needs a primary and checks for one after every
     // connect; "read-write" additionally asks tokio-postgres to check for writability.
     match params.remove("target_session_attrs").as_deref() {
