@@ -31,6 +31,14 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// ```
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default interval at which a durable subscription reads again while entries are held
+/// back (see [`ListenerBuilder::durable_retry`](crate::ListenerBuilder::durable_retry)).
+///
+/// ```
+/// assert_eq!(pglisten::DEFAULT_DURABLE_RETRY, std::time::Duration::from_millis(50));
+/// ```
+pub const DEFAULT_DURABLE_RETRY: Duration = Duration::from_millis(50);
+
 /// Where a listener's background task (the code that reads the connection) runs; set
 /// with [`ListenerBuilder::task_placement`](crate::ListenerBuilder::task_placement).
 ///
@@ -83,6 +91,7 @@ pub(crate) struct Draft {
     pub(crate) heartbeat: HeartbeatConfig,
     pub(crate) self_check: bool,
     pub(crate) task_placement: TaskPlacement,
+    pub(crate) durable_retry: Duration,
 }
 
 impl Draft {
@@ -99,6 +108,7 @@ impl Draft {
             heartbeat: HeartbeatConfig::default(),
             self_check: true,
             task_placement: TaskPlacement::Auto,
+            durable_retry: DEFAULT_DURABLE_RETRY,
         }
     }
 
@@ -131,6 +141,12 @@ impl Draft {
                 "connect_timeout must be greater than zero",
             ));
         }
+        if self.durable_retry.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "durable_retry must be greater than zero",
+            ));
+        }
         info.set_tcp_keepalive(self.heartbeat.tcp_keepalive());
         let connect = ConnectConfig::new(
             info,
@@ -145,6 +161,7 @@ impl Draft {
             backoff: self.backoff,
             heartbeat: self.heartbeat,
             task_placement: self.task_placement,
+            durable_retry: self.durable_retry,
         })
     }
 }
@@ -164,6 +181,7 @@ impl fmt::Debug for Draft {
             .field("heartbeat", &self.heartbeat)
             .field("self_check", &self.self_check)
             .field("task_placement", &self.task_placement)
+            .field("durable_retry", &self.durable_retry)
             .finish()
     }
 }
@@ -177,6 +195,8 @@ pub(crate) struct ListenerConfig {
     pub(crate) backoff: Backoff,
     pub(crate) heartbeat: HeartbeatConfig,
     pub(crate) task_placement: TaskPlacement,
+    /// How often durable subscriptions read again while entries are held back.
+    pub(crate) durable_retry: Duration,
 }
 
 impl fmt::Debug for ListenerConfig {
@@ -221,6 +241,9 @@ mod tests {
         let mut draft = Draft::new("postgres://app@db/app");
         draft.connect_timeout = Duration::ZERO;
         assert!(refused(draft).contains("connect_timeout"));
+        let mut draft = Draft::new("postgres://app@db/app");
+        draft.durable_retry = Duration::ZERO;
+        assert!(refused(draft).contains("durable_retry"));
     }
 
     #[test]

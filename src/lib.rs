@@ -171,11 +171,12 @@
 
 // Layers, top to bottom; a module imports only from its own layer or the ones below
 // (CONTRIBUTING.md shows the graph; tests/it/layout.rs checks it).
-//   handles:        listener (+ listener::builder), subscription, notify
+//   handles:        listener (+ listener::builder), subscription, notify, durable
 //   the task:       worker
 //   configuration:  config
 //   below the task: connect (reaching the server), fanout (routing to queues)
-//   foundations:    error, stats, channel, backoff, heartbeat, random
+//   foundations:    error, stats, channel, backoff, heartbeat, random, position
+pub mod durable;
 mod listener;
 mod notify;
 mod subscription;
@@ -191,12 +192,15 @@ mod backoff;
 mod channel;
 mod error;
 mod heartbeat;
+mod position;
 mod random;
 mod stats;
 
 pub use backoff::Backoff;
 pub use channel::{MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES};
-pub use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY, TaskPlacement};
+pub use config::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DURABLE_RETRY, DEFAULT_QUEUE_CAPACITY, TaskPlacement,
+};
 pub use connect::Credentials;
 pub use error::{Error, ErrorKind, Result};
 pub use fanout::{Event, Notification, ReconnectReport};

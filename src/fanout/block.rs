@@ -22,6 +22,8 @@
 
 use std::sync::Arc;
 
+use crate::position::Position;
+
 /// Notifications per block at most: also the largest batch handed to a subscription at
 /// once. With 128, what a current-thread runtime touches per batch (the socket's bytes,
 /// the block, the queued events) stays in L1; 256 overflowed it and 64 did no better
@@ -52,6 +54,8 @@ pub(crate) struct Block {
     channels: Vec<Arc<str>>,
     payloads: String,
     entries: Vec<Entry>,
+    /// Durable entries only: the position of each entry (empty for notifications).
+    positions: Vec<Position>,
 }
 
 /// One notification of a [`Block`].
@@ -92,9 +96,14 @@ impl Block {
                 .entry(index)
                 .and_then(|e| Some((e.process_id, self.channels.get(e.channel as usize)?)))
             {
-                Some((process_id, channel)) => {
-                    builder.push(process_id, channel, self.payload(index));
-                }
+                Some((process_id, channel)) => match self.position(index) {
+                    Some(position) => {
+                        builder.push_durable(process_id, channel, self.payload(index), position);
+                    }
+                    None => {
+                        builder.push(process_id, channel, self.payload(index));
+                    }
+                },
                 // Never happens (indexes come from this block's builder); keeps the
                 // positions of the others if it did.
                 None => {
@@ -135,6 +144,13 @@ impl Block {
     pub(crate) fn process_id(&self, index: u32) -> i32 {
         self.entry(index).map_or(0, |e| e.process_id)
     }
+
+    /// The journal position of entry `index` of a durable block (`None` in a block of
+    /// notifications).
+    #[inline]
+    pub(crate) fn position(&self, index: u32) -> Option<Position> {
+        self.positions.get(index as usize).copied()
+    }
 }
 
 /// The block being filled by the background task.
@@ -143,6 +159,7 @@ pub(crate) struct BlockBuilder {
     channels: Vec<Arc<str>>,
     payloads: String,
     entries: Vec<Entry>,
+    positions: Vec<Position>,
     /// Sizes of the last sealed block, to allocate the next one at once.
     last_text: usize,
     last_entries: usize,
@@ -171,6 +188,20 @@ impl BlockBuilder {
             payload_end: self.payloads.len() as u32,
         });
         index
+    }
+
+    /// Copies a durable journal entry in; every entry of a block that holds one must be
+    /// pushed this way (positions are looked up by index).
+    pub(crate) fn push_durable(
+        &mut self,
+        process_id: i32,
+        channel: &Arc<str>,
+        payload: &str,
+        position: Position,
+    ) -> u32 {
+        debug_assert_eq!(self.positions.len(), self.entries.len());
+        self.positions.push(position);
+        self.push(process_id, channel, payload)
     }
 
     /// Allocates the next block's buffers, as large as the last block's.
@@ -208,6 +239,7 @@ impl BlockBuilder {
             channels: std::mem::take(&mut self.channels),
             payloads: std::mem::take(&mut self.payloads),
             entries: std::mem::take(&mut self.entries),
+            positions: std::mem::take(&mut self.positions),
         }
     }
 }
