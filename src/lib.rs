@@ -53,6 +53,10 @@
 //! 6. [`Listener::shutdown`] delivers every notification that had reached the listener's
 //!    socket when it was called, then ends every stream.
 //!
+//! For what must not be missed, [durable channels](durable) go further: entries are
+//! kept in a journal table and a [`Listener::subscribe_durable`] stream has no gap at
+//! all, across reconnects, slow consumers and restarts, in a commit-safe order.
+//!
 //! Facts of the server worth knowing:
 //!
 //! - Notifications are delivered when the sending transaction commits, in commit order;

@@ -208,7 +208,7 @@ impl Journal {
                           (SELECT h.seq FROM {s}.horizon h WHERE h.channel = $1) AS hs,
                           (SELECT count(*) FROM {s}.journal j
                            WHERE j.channel = $1 AND (j.xid, j.seq) > ($2::xid8, $3)
-                             AND j.xid >= snap.x) AS held
+                             AND j.xid >= greatest(snap.x, $2::xid8)) AS held
                    FROM snap)
                  SELECT head.x, head.hx, head.hs, head.held,
                         e.xid::text, e.seq, e.pid, e.payload

