@@ -260,7 +260,7 @@ fn latency(db: &Db, admin: &Admin, rt: &tokio::runtime::Runtime, journal: &Journ
     let channel = format!("{}_latency", tag());
     let url = db.url().to_owned();
     let (j, ch) = (journal.clone(), channel.clone());
-    let (listener, mut plain, mut durable) = run_task(rt, async move {
+    let (listener, plain, durable) = run_task(rt, async move {
         let listener = Listener::connect(&url).await.expect("listener");
         let plain = listener.subscribe([&ch]).await.expect("subscribe");
         let durable = listener
@@ -271,97 +271,99 @@ fn latency(db: &Db, admin: &Admin, rt: &tokio::runtime::Runtime, journal: &Journ
     });
     let client = admin.client();
     let block = n.min(250).max(1);
-    let mut measure = |busy: bool| {
-        let (mut plain_all, mut durable_all, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..=n.div_ceil(block) {
-            // Plain: pg_notify at 1/ms.
-            let (c, ch) = (client.clone(), channel.clone());
-            let producer = admin.runtime().spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(1));
-                for _ in 0..block {
-                    tick.tick().await;
-                    c.execute_typed(
-                        "SELECT pg_notify($1, $2)",
-                        &[(&ch, Type::TEXT), (&stamp(), Type::TEXT)],
-                    )
-                    .await
-                    .expect("notify");
-                }
-            });
-            let (sub, got) = run_task(rt, async move {
-                let mut got = Vec::with_capacity(block);
-                while got.len() < block {
-                    if let Event::Notification(n) = plain.next().await.expect("stream") {
-                        got.push(delay_us(n.payload()));
+    let measure =
+        |busy: bool, mut plain: pglisten::Subscription, mut durable: DurableSubscription| {
+            let (mut plain_all, mut durable_all, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..=n.div_ceil(block) {
+                // Plain: pg_notify at 1/ms.
+                let (c, ch) = (client.clone(), channel.clone());
+                let producer = admin.runtime().spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(1));
+                    for _ in 0..block {
+                        tick.tick().await;
+                        c.execute_typed(
+                            "SELECT pg_notify($1, $2)",
+                            &[(&ch, Type::TEXT), (&stamp(), Type::TEXT)],
+                        )
+                        .await
+                        .expect("notify");
                     }
-                }
-                (plain, got)
-            });
-            plain = sub;
-            admin.runtime().block_on(producer).expect("producer");
-            // Durable: publish at 1/ms.
-            let (c, ch, j) = (client.clone(), channel.clone(), journal.clone());
-            let producer = admin.runtime().spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(1));
-                for _ in 0..block {
-                    tick.tick().await;
-                    j.publish(&*c, &ch, &stamp()).await.expect("publish");
-                }
-            });
-            let (sub, dgot) = run_task(rt, async move {
-                let got = durable_delays(&mut durable, block).await;
-                (durable, got)
-            });
-            durable = sub;
-            admin.runtime().block_on(producer).expect("producer");
-            if round > 0 {
-                diffs.push(median(&dgot) - median(&got));
-                plain_all.extend(got);
-                durable_all.extend(dgot);
-            }
-        }
-        let extra = median(&diffs) / 1e3;
-        let mut t = Table::new(
-            format!(
-                "live latency at 1 entry/ms ({n} each, blocks of {block}){}",
-                if busy {
-                    ", two overlapping writing transactions that publish nothing"
-                } else {
-                    ", idle cluster"
-                }
-            ),
-            &["receiver", "p50", "p90", "p99", "max", "p50 − plain"],
-        );
-        for (name, d) in [
-            ("plain subscription", &plain_all),
-            ("durable", &durable_all),
-        ] {
-            t.row(vec![
-                name.to_owned(),
-                format!("{:.2} ms", percentile(d, 50.0) / 1e3),
-                format!("{:.2} ms", percentile(d, 90.0) / 1e3),
-                format!("{:.2} ms", percentile(d, 99.0) / 1e3),
-                format!("{:.2} ms", percentile(d, 100.0) / 1e3),
-                if name == "durable" {
-                    format!(
-                        "{extra:+.2} ms{}",
-                        if busy {
-                            String::new()
-                        } else {
-                            format!(" ({} ≤ +1 ms)", verdict(extra <= 1.0))
+                });
+                let (sub, got) = run_task(rt, async move {
+                    let mut got = Vec::with_capacity(block);
+                    while got.len() < block {
+                        if let Event::Notification(n) = plain.next().await.expect("stream") {
+                            got.push(delay_us(n.payload()));
                         }
-                    )
-                } else {
-                    String::new()
-                },
-            ]);
-        }
-        t.print();
-    };
-    measure(false);
+                    }
+                    (plain, got)
+                });
+                plain = sub;
+                admin.runtime().block_on(producer).expect("producer");
+                // Durable: publish at 1/ms.
+                let (c, ch, j) = (client.clone(), channel.clone(), journal.clone());
+                let producer = admin.runtime().spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(1));
+                    for _ in 0..block {
+                        tick.tick().await;
+                        j.publish(&*c, &ch, &stamp()).await.expect("publish");
+                    }
+                });
+                let (sub, dgot) = run_task(rt, async move {
+                    let got = durable_delays(&mut durable, block).await;
+                    (durable, got)
+                });
+                durable = sub;
+                admin.runtime().block_on(producer).expect("producer");
+                if round > 0 {
+                    diffs.push(median(&dgot) - median(&got));
+                    plain_all.extend(got);
+                    durable_all.extend(dgot);
+                }
+            }
+            let extra = median(&diffs) / 1e3;
+            let mut t = Table::new(
+                format!(
+                    "live latency at 1 entry/ms ({n} each, blocks of {block}){}",
+                    if busy {
+                        ", two overlapping writing transactions that publish nothing"
+                    } else {
+                        ", idle cluster"
+                    }
+                ),
+                &["receiver", "p50", "p90", "p99", "max", "p50 − plain"],
+            );
+            for (name, d) in [
+                ("plain subscription", &plain_all),
+                ("durable", &durable_all),
+            ] {
+                t.row(vec![
+                    name.to_owned(),
+                    format!("{:.2} ms", percentile(d, 50.0) / 1e3),
+                    format!("{:.2} ms", percentile(d, 90.0) / 1e3),
+                    format!("{:.2} ms", percentile(d, 99.0) / 1e3),
+                    format!("{:.2} ms", percentile(d, 100.0) / 1e3),
+                    if name == "durable" {
+                        format!(
+                            "{extra:+.2} ms{}",
+                            if busy {
+                                String::new()
+                            } else {
+                                format!(" ({} ≤ +1 ms)", verdict(extra <= 1.0))
+                            }
+                        )
+                    } else {
+                        String::new()
+                    },
+                ]);
+            }
+            t.print();
+            (plain, durable)
+        };
+    let (plain, durable) = measure(false, plain, durable);
     let stop = Arc::new(AtomicBool::new(false));
     let writers = overlapping_writers(admin, db.url(), stop.clone());
-    measure(true);
+    let (plain, durable) = measure(true, plain, durable);
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         admin.runtime().block_on(w).expect("writer");

@@ -143,11 +143,18 @@ impl Journal {
                      pid integer NOT NULL DEFAULT pg_backend_pid(),
                      created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
                      PRIMARY KEY (channel, xid, seq));
-                 CREATE INDEX IF NOT EXISTS journal_delivery_order ON {s}.journal (xid, seq);
                  CREATE TABLE IF NOT EXISTS {s}.horizon (
                      channel text PRIMARY KEY,
                      xid xid8 NOT NULL,
                      seq bigint NOT NULL);
+                 CREATE OR REPLACE FUNCTION {s}.publish(p_channel text, p_payload text,
+                                                        OUT o_xid text, OUT o_seq bigint)
+                 LANGUAGE plpgsql AS $pglisten_publish$
+                 BEGIN
+                     INSERT INTO {s}.journal (channel, payload) VALUES (p_channel, p_payload)
+                         RETURNING xid::text, seq INTO o_xid, o_seq;
+                     PERFORM pg_notify('{WAKE_PREFIX}' || p_channel, '');
+                 END $pglisten_publish$;
                  INSERT INTO {s}.meta (version, system_identifier)
                      SELECT {SCHEMA_VERSION}, system_identifier FROM pg_control_system()
                      ON CONFLICT (singleton) DO UPDATE
@@ -159,11 +166,9 @@ impl Journal {
                      END IF;
                  END $pglisten_install$;"
             ),
-            publish: format!(
-                "WITH entry AS (INSERT INTO {s}.journal (channel, payload) VALUES ($1, $2)
-                                RETURNING xid, seq)
-                 SELECT entry.xid::text, entry.seq FROM entry, pg_notify($3, '')"
-            ),
+            // A function: its plan is prepared once per session, where a statement
+            // sent as text would be parsed and planned on every call.
+            publish: format!("SELECT o_xid, o_seq FROM {s}.publish($1, $2)"),
             // One statement: the snapshot that decides what is below the watermark is
             // the one the delete sees.
             prune: format!(
@@ -214,13 +219,14 @@ impl Journal {
                         e.xid::text, e.seq, e.pid, e.payload
                  FROM head LEFT JOIN LATERAL (
                    SELECT w.xid, w.seq, w.pid, w.payload FROM (
-                     SELECT j.xid, j.seq, j.pid, j.payload,
-                            sum(octet_length(j.payload)) OVER (ORDER BY j.xid, j.seq)
-                              - octet_length(j.payload) AS before
-                     FROM {s}.journal j, snap
-                     WHERE j.channel = $1 AND (j.xid, j.seq) > ($2::xid8, $3) AND j.xid < snap.x
-                     ORDER BY j.xid, j.seq
-                     LIMIT $4) w
+                     SELECT b.*, sum(octet_length(b.payload)) OVER (ORDER BY b.xid, b.seq)
+                                   - octet_length(b.payload) AS before
+                     FROM (SELECT j.xid, j.seq, j.pid, j.payload
+                           FROM {s}.journal j, snap
+                           WHERE j.channel = $1 AND (j.xid, j.seq) > ($2::xid8, $3)
+                             AND j.xid < snap.x
+                           ORDER BY j.xid, j.seq
+                           LIMIT $4) b) w
                    WHERE w.before < $5) e ON true"
             ),
         };
@@ -311,7 +317,7 @@ impl Journal {
     where
         C: GenericClient + Sync,
     {
-        let wake = wake_channel(channel)?;
+        validate_durable_channel(channel)?;
         if payload.contains('\0') {
             return Err(Error::new(
                 ErrorKind::InvalidPayload,
@@ -321,11 +327,7 @@ impl Journal {
         let rows = client
             .query_typed(
                 &self.sql.publish,
-                &[
-                    (&channel, Type::TEXT),
-                    (&payload, Type::TEXT),
-                    (&wake, Type::TEXT),
-                ],
+                &[(&channel, Type::TEXT), (&payload, Type::TEXT)],
             )
             .await
             .map_err(|e| failed(&format!("publishing on durable channel {channel:?}"), e))?;
