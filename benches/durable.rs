@@ -14,7 +14,8 @@
 //!
 //! `PGLISTEN_BENCH_DURABLE_PUBLISH_N` (entries per round, default 2000),
 //! `PGLISTEN_BENCH_DURABLE_CATCHUP_N` (1 000 000), `PGLISTEN_BENCH_DURABLE_LATENCY_N`
-//! (2000), `PGLISTEN_BENCH_DURABLE_FAN_N` (1000), `PGLISTEN_BENCH_QUICK=1`.
+//! (2000), `PGLISTEN_BENCH_DURABLE_FAN_N` (1000), `PGLISTEN_BENCH_QUICK=1`;
+//! `PGLISTEN_BENCH_DURABLE_PARTS=publish,catchup,latency,fanout` picks the parts.
 
 mod support;
 
@@ -55,10 +56,21 @@ fn main() {
         &db,
         "multi-thread runtime; baselines measured in the same run, interleaved",
     );
-    publish_cost(&admin, &journal, publish_n);
-    catch_up(&db, &admin, &rt, &journal, catchup_n);
-    latency(&db, &admin, &rt, &journal, latency_n);
-    fan_out(&db, &admin, &rt, &journal, fan_n);
+    let parts = std::env::var("PGLISTEN_BENCH_DURABLE_PARTS")
+        .unwrap_or_else(|_| "publish,catchup,latency,fanout".to_owned());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    if part("publish") {
+        publish_cost(&admin, &journal, publish_n);
+    }
+    if part("catchup") {
+        catch_up(&db, &admin, &rt, &journal, catchup_n);
+    }
+    if part("latency") {
+        latency(&db, &admin, &rt, &journal, latency_n);
+    }
+    if part("fanout") {
+        fan_out(&db, &admin, &rt, &journal, fan_n);
+    }
     admin.execute(&format!("DROP SCHEMA \"{}\" CASCADE", journal.schema()));
 }
 

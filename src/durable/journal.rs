@@ -204,16 +204,18 @@ impl Journal {
             // One statement, so one snapshot: entries below its xmin after the cursor,
             // in delivery order, at most $4 of them and about $5 bytes (the first one
             // always); and with them the watermark, the channel's horizon, and how
-            // many entries after the cursor are committed but held back.
+            // many entries after the cursor are committed but held back. `head` is
+            // materialized so that it runs once, not once per entry; the byte bound is
+            // summed over the batch only (after its LIMIT).
             read: format!(
                 "WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x),
-                 head AS (
+                 head AS MATERIALIZED (
                    SELECT snap.x::text AS x,
                           (SELECT h.xid::text FROM {s}.horizon h WHERE h.channel = $1) AS hx,
                           (SELECT h.seq FROM {s}.horizon h WHERE h.channel = $1) AS hs,
                           (SELECT count(*) FROM {s}.journal j
-                           WHERE j.channel = $1 AND (j.xid, j.seq) > ($2::xid8, $3)
-                             AND j.xid >= greatest(snap.x, $2::xid8)) AS held
+                           WHERE j.channel = $1 AND j.xid >= greatest(snap.x, $2::xid8)
+                             AND (j.xid > $2::xid8 OR j.seq > $3)) AS held
                    FROM snap)
                  SELECT head.x, head.hx, head.hs, head.held,
                         e.xid::text, e.seq, e.pid, e.payload

@@ -355,8 +355,10 @@ impl Task {
             }
         });
         let client = Arc::new(established.client);
-        // Never cut off while idle (PostgreSQL 14+; older servers have no such setting).
+        // Never cut off while idle (PostgreSQL 14+; older servers have no such setting),
+        // and no JIT compilation: reads are short, compiling them costs more than it saves.
         let _ = client.batch_execute("SET idle_session_timeout = 0").await;
+        let _ = client.batch_execute("SET jit = off").await;
         debug!(host = %established.host, "durable reader connected");
         self.conn = Some(Conn {
             client: client.clone(),
