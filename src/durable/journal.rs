@@ -475,6 +475,7 @@ mod tests {
     #[test]
     fn schema_is_quoted() {
         let journal = Journal::new("we\"ird");
-        assert!(journal.sql().publish.contains("\"we\"\"ird\".journal"));
+        assert!(journal.sql().publish.contains("\"we\"\"ird\".publish("));
+        assert!(journal.sql().read.contains("\"we\"\"ird\".journal"));
     }
 }

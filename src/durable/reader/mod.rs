@@ -17,28 +17,29 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod batch;
+mod conn;
+
 use futures::future::{AbortHandle, Abortable, FutureExt};
 use futures::stream::{BoxStream, SelectAll, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Row, Statement};
+use tokio_postgres::Client;
 use tracing::{debug, warn};
 
-use super::journal::{Journal, SCHEMA_VERSION, failed, newer_journal, parse_xid};
+use self::batch::{
+    Group, MAX_BATCH_ENTRIES, Member, Outcome, StartFacts, pruned, read, settle_start,
+};
+use self::conn::Conn;
+use super::journal::{Journal, failed};
 use super::stream::{DurableSubscription, Queue};
 use crate::backoff::BackoffSchedule;
 use crate::config::ListenerConfig;
 use crate::error::{Chain, Error, ErrorKind, Result};
-use crate::fanout::{Block, BlockBuilder, Event, Notification};
+use crate::fanout::Event;
 use crate::position::{Cursor, Position};
 use crate::random::SplitMix64;
 use crate::subscription::Subscription;
-
-/// Entries per read at most.
-pub(crate) const MAX_BATCH_ENTRIES: usize = 1000;
-/// Payload bytes per read, about (a read always takes its first entry).
-pub(crate) const MAX_BATCH_BYTES: i64 = 4 << 20;
 
 /// The handle a listener keeps to its durable reader (started by the first durable
 /// subscription).
@@ -152,24 +153,6 @@ struct Sub {
     wake: AbortHandle,
 }
 
-struct Conn {
-    client: Arc<Client>,
-    driver: tokio::task::JoinHandle<()>,
-    statements: HashMap<Arc<str>, Prepared>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
-}
-
-#[derive(Clone)]
-struct Prepared {
-    start: Statement,
-    read: Statement,
-}
-
 struct Task {
     config: Arc<ListenerConfig>,
     backoff: BackoffSchedule,
@@ -185,32 +168,6 @@ struct Task {
     retry_at: Option<Instant>,
     /// No connection attempt or read before this, after a failure.
     backoff_until: Option<Instant>,
-}
-
-/// One shared read: the subscriptions on one channel at one position.
-struct Group {
-    journal: Journal,
-    channel: Arc<str>,
-    cursor: Position,
-    from_beginning: bool,
-    members: Vec<Member>,
-}
-
-struct Member {
-    id: u64,
-    queue: Arc<Queue>,
-    room: usize,
-    taken: usize,
-    last: Option<Position>,
-}
-
-/// What one shared read found.
-struct Outcome {
-    watermark: u64,
-    held: u64,
-    horizon: Option<Position>,
-    /// The read may have left entries behind (it hit a bound).
-    more: bool,
 }
 
 impl Task {
@@ -345,55 +302,42 @@ impl Task {
             return Ok(conn.client.clone());
         }
         self.conn = None;
-        let established = self.config.connect.connect().await?;
-        let mut messages = established.messages;
-        let driver = tokio::spawn(async move {
-            while let Some(message) = messages.next().await {
-                if message.is_err() {
-                    break;
-                }
-            }
-        });
-        let client = Arc::new(established.client);
-        // Never cut off while idle (PostgreSQL 14+; older servers have no such setting),
-        // and no JIT compilation: reads are short, compiling them costs more than it saves.
-        let _ = client.batch_execute("SET idle_session_timeout = 0").await;
-        let _ = client.batch_execute("SET jit = off").await;
-        debug!(host = %established.host, "durable reader connected");
-        self.conn = Some(Conn {
-            client: client.clone(),
-            driver,
-            statements: HashMap::new(),
-        });
+        let conn = Conn::open(&self.config).await?;
+        let client = conn.client.clone();
+        self.conn = Some(conn);
         Ok(client)
     }
 
-    async fn prepared(&mut self, client: &Client, journal: &Journal) -> Result<Prepared> {
-        let sql = journal.sql();
-        if let Some(prepared) = self
-            .conn
-            .as_ref()
-            .and_then(|c| c.statements.get(journal.schema()))
-        {
-            return Ok(prepared.clone());
-        }
-        let start = client
-            .prepare_typed(&sql.start, &[Type::TEXT])
-            .await
-            .map_err(|e| failed("preparing the journal's statements", e))?;
-        let read = client
-            .prepare_typed(
-                &sql.read,
-                &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::INT8],
+    /// Resolves a new subscription's cursor: checks the journal, the cluster, the
+    /// position and the horizon.
+    async fn start(&mut self, client: &Client, register: &Register) -> Result<(Position, bool)> {
+        let conn = self.conn.as_mut().ok_or_else(|| {
+            Error::new(
+                ErrorKind::ConnectionLost,
+                "the durable reader's connection is gone",
             )
+        })?;
+        let prepared = conn.prepared(&register.journal).await?;
+        let channel: &str = &register.channel;
+        let row = client
+            .query_opt(&prepared.start, &[&channel])
             .await
-            .map_err(|e| failed("preparing the journal's statements", e))?;
-        let prepared = Prepared { start, read };
-        if let Some(conn) = &mut self.conn {
-            conn.statements
-                .insert(Arc::from(journal.schema()), prepared.clone());
-        }
-        Ok(prepared)
+            .map_err(|e| failed("starting a durable subscription", e))?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Database,
+                    format!(
+                        "the journal in schema {:?} has no meta row: run install again",
+                        register.journal.schema()
+                    ),
+                )
+            })?;
+        settle_start(
+            StartFacts::from_row(&row)?,
+            register.from,
+            &register.journal,
+            channel,
+        )
     }
 
     /// One round: start what is starting, then one read for each group of dirty
@@ -404,7 +348,8 @@ impl Task {
             .heartbeat
             .timeout
             .max(self.config.connect.connect_timeout());
-        let client = match tokio::time::timeout(bound, self.connection()).await {
+        let connected = tokio::time::timeout(bound, self.connection()).await;
+        let client = match connected {
             Ok(Ok(client)) => client,
             Ok(Err(error)) => return self.failed(error, None),
             Err(_) => {
@@ -470,7 +415,14 @@ impl Task {
         }
         let mut statements = Vec::with_capacity(groups.len());
         for group in &groups {
-            match self.prepared(&client, &group.journal).await {
+            let prepared = match self.conn.as_mut() {
+                Some(conn) => conn.prepared(&group.journal).await,
+                None => Err(Error::new(
+                    ErrorKind::ConnectionLost,
+                    "the durable reader's connection is gone",
+                )),
+            };
+            match prepared {
                 Ok(prepared) => statements.push(prepared.read),
                 Err(error) => return self.failed(error, Some(&groups)),
             }
@@ -509,66 +461,6 @@ impl Task {
             None => {
                 self.backoff.reset();
                 self.backoff_until = None;
-            }
-        }
-    }
-
-    /// Resolves a new subscription's cursor: checks the journal, the cluster, the
-    /// position and the horizon.
-    async fn start(&mut self, client: &Client, register: &Register) -> Result<(Position, bool)> {
-        let prepared = self.prepared(client, &register.journal).await?;
-        let channel: &str = &register.channel;
-        let row = client
-            .query_opt(&prepared.start, &[&channel])
-            .await
-            .map_err(|e| failed("starting a durable subscription", e))?
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Database,
-                    format!(
-                        "the journal in schema {:?} has no meta row: run install again",
-                        register.journal.schema()
-                    ),
-                )
-            })?;
-        let version: i32 = row.get(0);
-        if version > SCHEMA_VERSION {
-            return Err(newer_journal(register.journal.schema(), Some(version)));
-        }
-        let same_cluster: bool = row.get(1);
-        let watermark = parse_xid(row.get(2))?;
-        let next = parse_xid(row.get(3))?;
-        let horizon = horizon_of(row.get(4), row.get(5))?;
-        match register.from {
-            Cursor::Beginning => Ok((horizon.unwrap_or(Position::new(0, 0)), true)),
-            Cursor::Now => Ok((Position::new(watermark, 0), false)),
-            Cursor::After(p) => {
-                if !same_cluster {
-                    return Err(Error::new(
-                        ErrorKind::InvalidPosition,
-                        format!(
-                            "the journal in schema {:?} was installed on another cluster (its \
-                             system identifier differs: a dump restored here, or a copy), so \
-                             position {p} cannot be trusted; start from Cursor::Beginning or \
-                             Cursor::Now, and run install to adopt the journal here",
-                            register.journal.schema()
-                        ),
-                    ));
-                }
-                if p.transaction_id() >= next {
-                    return Err(Error::new(
-                        ErrorKind::InvalidPosition,
-                        format!(
-                            "position {p} is from the future: transaction {} has not started on \
-                             this server (next is {next}); was it stored from another cluster?",
-                            p.transaction_id()
-                        ),
-                    ));
-                }
-                match horizon {
-                    Some(h) if h > p => Err(pruned(&register.channel, p, h)),
-                    _ => Ok((p, false)),
-                }
             }
         }
     }
@@ -696,127 +588,5 @@ impl Task {
         }
         let delay = self.backoff.next_delay();
         self.backoff_until = Some(Instant::now() + delay);
-    }
-}
-
-fn horizon_of(xid: Option<&str>, seq: Option<i64>) -> Result<Option<Position>> {
-    match (xid, seq) {
-        (Some(xid), Some(seq)) => Ok(Some(Position::new(parse_xid(xid)?, seq as u64))),
-        _ => Ok(None),
-    }
-}
-
-fn pruned(channel: &str, cursor: Position, horizon: Position) -> Error {
-    Error::new(
-        ErrorKind::Pruned,
-        format!(
-            "durable channel {channel:?}: entries after position {cursor} were pruned (the \
-             journal's horizon for it is {horizon}), so this subscription cannot continue \
-             without a gap; reload your state and subscribe again from Cursor::Beginning, or \
-             prune less"
-        ),
-    )
-}
-
-/// Reads one group's entries and hands them to its members as they arrive.
-async fn read(client: &Client, statement: &Statement, group: &mut Group) -> Result<Outcome> {
-    let limit = group.members.iter().map(|m| m.room).max().unwrap_or(0) as i64;
-    let xid = group.cursor.transaction_id().to_string();
-    let seq = group.cursor.sequence() as i64;
-    let channel: &str = &group.channel;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-        [&channel, &xid, &seq, &limit, &MAX_BATCH_BYTES];
-    let rows = client
-        .query_raw(statement, params)
-        .await
-        .map_err(|e| failed("reading the journal", e))?;
-    let mut rows = std::pin::pin!(rows);
-    let mut builder = BlockBuilder::default();
-    let mut outcome: Option<Outcome> = None;
-    let mut previous = group.cursor;
-    let mut entries = 0i64;
-    let mut bytes = 0i64;
-    loop {
-        // Hand over what has arrived before waiting for more.
-        let next = match rows.next().now_or_never() {
-            Some(next) => next,
-            None => {
-                flush(&mut builder, group);
-                rows.next().await
-            }
-        };
-        let row = match next {
-            None => break,
-            Some(row) => row.map_err(|e| failed("reading the journal", e))?,
-        };
-        if outcome.is_none() {
-            let head = head(&row)?;
-            if head
-                .horizon
-                .is_some_and(|h| h > group.cursor && !group.from_beginning)
-            {
-                // Pruned past this group: nothing may be delivered.
-                return Ok(head);
-            }
-            outcome = Some(head);
-        }
-        let Some(xid) = row.get::<_, Option<&str>>(4) else {
-            continue;
-        };
-        let position = Position::new(parse_xid(xid)?, row.get::<_, i64>(5) as u64);
-        if position <= previous {
-            return Err(Error::new(
-                ErrorKind::Database,
-                format!("the journal read returned {position} after {previous}: out of order"),
-            ));
-        }
-        previous = position;
-        let payload: &str = row.get(7);
-        entries += 1;
-        bytes += payload.len() as i64;
-        builder.push_durable(row.get(6), &group.channel, payload, position);
-        if builder.is_full() {
-            flush(&mut builder, group);
-        }
-    }
-    flush(&mut builder, group);
-    let mut outcome = outcome
-        .ok_or_else(|| Error::new(ErrorKind::Database, "the journal read returned no row"))?;
-    outcome.more = entries >= limit || bytes >= MAX_BATCH_BYTES;
-    Ok(outcome)
-}
-
-/// The read's head: watermark, horizon, held-back count (the same on every row).
-fn head(row: &Row) -> Result<Outcome> {
-    Ok(Outcome {
-        watermark: parse_xid(row.get(0))?,
-        horizon: horizon_of(row.get(1), row.get(2))?,
-        held: row.get::<_, i64>(3) as u64,
-        more: false,
-    })
-}
-
-/// Hands the entries read so far to each member, as many as its room allows.
-fn flush(builder: &mut BlockBuilder, group: &mut Group) {
-    if builder.is_empty() {
-        return;
-    }
-    let block: Arc<Block> = builder.seal();
-    let len = block.len();
-    for member in &mut group.members {
-        let take = len.min(member.room - member.taken);
-        if take == 0 {
-            continue;
-        }
-        let share = Arc::new(block.clone());
-        let Some(last) = block.position(take as u32 - 1) else {
-            continue;
-        };
-        member.queue.push(
-            (0..take as u32).map(|i| Notification::in_block(share.clone(), i)),
-            last,
-        );
-        member.taken += take;
-        member.last = Some(last);
     }
 }
