@@ -15,14 +15,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 mod batch;
 mod conn;
+mod handle;
+
+pub(crate) use handle::Reader;
+use handle::Register;
 
 use futures::future::{AbortHandle, Abortable, FutureExt};
 use futures::stream::{BoxStream, SelectAll, StreamExt};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_postgres::Client;
 use tracing::{debug, warn};
@@ -32,106 +35,13 @@ use self::batch::{
 };
 use self::conn::Conn;
 use super::journal::{Journal, failed};
-use super::stream::{DurableSubscription, Queue};
+use super::stream::Queue;
 use crate::backoff::BackoffSchedule;
 use crate::config::ListenerConfig;
 use crate::error::{Chain, Error, ErrorKind, Result};
 use crate::fanout::Event;
-use crate::position::{Cursor, Position};
+use crate::position::Position;
 use crate::random::SplitMix64;
-use crate::subscription::Subscription;
-
-/// The handle a listener keeps to its durable reader (started by the first durable
-/// subscription).
-#[derive(Debug)]
-pub(crate) struct Reader {
-    commands: mpsc::UnboundedSender<Register>,
-    unsubscribe: mpsc::UnboundedSender<u64>,
-    room: Arc<Notify>,
-    next_id: AtomicU64,
-    capacity: usize,
-}
-
-/// A subscription to start.
-struct Register {
-    id: u64,
-    journal: Journal,
-    channel: Arc<str>,
-    from: Cursor,
-    wake: Subscription,
-    queue: Arc<Queue>,
-    ack: oneshot::Sender<Result<()>>,
-}
-
-impl Reader {
-    /// Starts the reader's task on the current tokio runtime.
-    pub(crate) fn start(config: Arc<ListenerConfig>) -> Result<Reader> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::new(
-                ErrorKind::Config,
-                "durable subscriptions need a tokio runtime: call subscribe_durable from a task \
-                 of one",
-            )
-        })?;
-        let (commands, commands_rx) = mpsc::unbounded_channel();
-        let (unsubscribe, unsubscribe_rx) = mpsc::unbounded_channel();
-        let room = Arc::new(Notify::new());
-        let task = Task {
-            backoff: BackoffSchedule::new(config.backoff, SplitMix64::from_entropy().next_u64()),
-            config: config.clone(),
-            commands: commands_rx,
-            commands_open: true,
-            unsubscribe: unsubscribe_rx,
-            room: room.clone(),
-            wakes: SelectAll::new(),
-            subs: HashMap::new(),
-            starting: Vec::new(),
-            conn: None,
-            retry_at: None,
-            backoff_until: None,
-        };
-        runtime.spawn(task.run());
-        Ok(Reader {
-            commands,
-            unsubscribe,
-            room,
-            next_id: AtomicU64::new(1),
-            capacity: config.queue_capacity,
-        })
-    }
-
-    /// Starts a durable subscription whose wake-ups come through `wake` (LISTEN is
-    /// active on it already).
-    pub(crate) async fn subscribe(
-        &self,
-        journal: &Journal,
-        channel: &str,
-        from: Cursor,
-        wake: Subscription,
-    ) -> Result<DurableSubscription> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let channel: Arc<str> = Arc::from(channel);
-        let queue = Arc::new(Queue::new(self.capacity, self.room.clone()));
-        let (ack, acked) = oneshot::channel();
-        let register = Register {
-            id,
-            journal: journal.clone(),
-            channel: channel.clone(),
-            from,
-            wake,
-            queue: queue.clone(),
-            ack,
-        };
-        self.commands.send(register).map_err(|_| Error::closed())?;
-        // From here on, dropping the subscription (also by cancelling this) ends it.
-        let subscription = DurableSubscription::new(id, channel, queue, self.unsubscribe.clone());
-        match acked.await {
-            Ok(Ok(())) => Ok(subscription),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(Error::closed()),
-        }
-    }
-}
 
 type WakeStream = Abortable<BoxStream<'static, (u64, Option<Event>)>>;
 
@@ -171,6 +81,28 @@ struct Task {
 }
 
 impl Task {
+    fn new(
+        config: Arc<ListenerConfig>,
+        commands: mpsc::UnboundedReceiver<Register>,
+        unsubscribe: mpsc::UnboundedReceiver<u64>,
+        room: Arc<Notify>,
+    ) -> Task {
+        Task {
+            backoff: BackoffSchedule::new(config.backoff, SplitMix64::from_entropy().next_u64()),
+            config,
+            commands,
+            commands_open: true,
+            unsubscribe,
+            room,
+            wakes: SelectAll::new(),
+            subs: HashMap::new(),
+            starting: Vec::new(),
+            conn: None,
+            retry_at: None,
+            backoff_until: None,
+        }
+    }
+
     async fn run(mut self) {
         loop {
             self.absorb_ready();
