@@ -55,6 +55,11 @@ impl Conn {
         })
     }
 
+    /// Forgets the prepared statements (they are prepared again when next needed).
+    pub(super) fn forget_statements(&mut self) {
+        self.statements.clear();
+    }
+
     /// The statements of `journal`'s schema, prepared once per connection.
     pub(super) async fn prepared(&mut self, journal: &Journal) -> Result<Prepared> {
         if let Some(prepared) = self.statements.get(journal.schema()) {

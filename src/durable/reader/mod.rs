@@ -502,6 +502,10 @@ impl Task {
         );
         if connection_trouble {
             self.conn = None;
+        } else if let Some(conn) = &mut self.conn {
+            // The server refused a statement: if the journal was dropped and installed
+            // again, its prepared statements are stale; prepare them afresh.
+            conn.forget_statements();
         }
         match groups {
             Some(groups) if !connection_trouble => {

@@ -497,3 +497,31 @@ async fn many_subscriptions_on_one_channel_share_reads() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_dropped_and_installed_again_is_read_again() {
+    let url = shared_url();
+    let client = admin(&url).await;
+    let journal = own_journal(&client).await;
+    let channel = unique("dur_reinstall");
+    let listener = Listener::builder(&url)
+        .backoff(fast_backoff())
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = listener
+        .subscribe_durable_in(&journal, &channel, Cursor::Beginning)
+        .await
+        .unwrap();
+    journal.publish(&client, &channel, "first").await.unwrap();
+    assert_eq!(next_entry(&mut sub).await.payload(), "first");
+    // Dropped and made again behind the reader's back, with its prepared statements.
+    client
+        .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", journal.schema()))
+        .await
+        .unwrap();
+    journal.install(&client).await.unwrap();
+    journal.publish(&client, &channel, "second").await.unwrap();
+    // (A read that fails on the way is reported as an error, and read again.)
+    assert_eq!(next_entry(&mut sub).await.payload(), "second");
+}
