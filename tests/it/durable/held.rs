@@ -2,6 +2,8 @@
 //! without a further publish; and `Cursor::Now`. Each test has a cluster of its own, so
 //! that no other test's transactions move the watermark.
 
+use std::time::Duration;
+
 use pglisten::Listener;
 use pglisten::durable::{Cursor, Journal};
 use pglisten::tokio_postgres::Client;
@@ -142,4 +144,27 @@ async fn cursor_now_takes_open_transactions_and_not_settled_ones() {
         .unwrap();
     // "settled" would have come before "open": it never does.
     assert_eq!(next_entry(&mut sub).await.position(), Some(marker));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_stops_below_the_watermark() {
+    let (_cluster, publisher, mut holder, journal, listener) = setup().await;
+    let channel = "prune_held";
+    let old = journal.publish(&publisher, channel, "old").await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    let open = journal.publish(&tx, channel, "open").await.unwrap();
+    let later = journal.publish(&publisher, channel, "later").await.unwrap();
+    // Everything is older than zero seconds, but `later` is above the watermark (the
+    // open transaction could still add before it): only `old` goes.
+    assert_eq!(
+        journal.prune(&publisher, Duration::ZERO).await.unwrap(),
+        Some(old)
+    );
+    tx.commit().await.unwrap();
+    let mut sub = listener
+        .subscribe_durable_in(&journal, channel, Cursor::After(old))
+        .await
+        .unwrap();
+    assert_eq!(next_entry(&mut sub).await.position(), Some(open));
+    assert_eq!(next_entry(&mut sub).await.position(), Some(later));
 }

@@ -525,3 +525,61 @@ async fn a_journal_dropped_and_installed_again_is_read_again() {
     // (A read that fails on the way is reported as an error, and read again.)
     assert_eq!(next_entry(&mut sub).await.payload(), "second");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_only_the_old_prefix_of_the_delivery_order() {
+    let url = shared_url();
+    let client = admin(&url).await;
+    let journal = own_journal(&client).await;
+    let channel = unique("dur_prefix");
+    let a = journal.publish(&client, &channel, "a").await.unwrap();
+    let b = journal.publish(&client, &channel, "b").await.unwrap();
+    let c = journal.publish(&client, &channel, "c").await.unwrap();
+    // `a` and `c` are an hour old, `b` is new: the old prefix is `a` alone.
+    client
+        .execute(
+            &format!(
+                "UPDATE \"{}\".journal SET created_at = now() - interval '1 hour' \
+                 WHERE seq = ANY($1)",
+                journal.schema()
+            ),
+            &[&vec![a.sequence() as i64, c.sequence() as i64]],
+        )
+        .await
+        .unwrap();
+    let horizon = journal
+        .prune(&client, Duration::from_secs(1800))
+        .await
+        .unwrap();
+    assert_eq!(horizon, Some(a));
+    assert_eq!(journal_order(&client, &journal, &channel).await, [b, c]);
+    let e = journal
+        .prune(&client, Duration::from_secs(200 * 366 * 24 * 3600))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscription_does_not_read() {
+    let url = shared_url();
+    let client = admin(&url).await;
+    let journal = own_journal(&client).await;
+    let channel = unique("dur_idle");
+    let listener = Listener::connect(&url).await.unwrap();
+    let mut sub = listener
+        .subscribe_durable_in(&journal, &channel, Cursor::Now)
+        .await
+        .unwrap();
+    journal.publish(&client, &channel, "one").await.unwrap();
+    next_entry(&mut sub).await;
+    eventually("caught up, nothing held back", || {
+        let stats = sub.stats();
+        async move { stats.held_back == 0 && stats.reads >= 2 }
+    })
+    .await;
+    // Polling would read every durable_retry (50 ms): ten times in this window.
+    let reads = sub.stats().reads;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sub.stats().reads, reads, "no read while idle");
+}
