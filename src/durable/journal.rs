@@ -93,7 +93,7 @@ fn validate_durable_channel(name: &str) -> Result<()> {
 /// println!("published at {position}");
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Journal {
     schema: Arc<str>,
     sql: Arc<Sql>,
@@ -107,6 +107,14 @@ pub(crate) struct Sql {
     pub(crate) prune: String,
     pub(crate) start: String,
     pub(crate) read: String,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("schema", &self.schema)
+            .finish()
+    }
 }
 
 impl Default for Journal {
