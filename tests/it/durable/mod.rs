@@ -583,3 +583,15 @@ async fn an_idle_subscription_does_not_read() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sub.stats().reads, reads, "no read while idle");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_a_tokio_runtime_subscribe_durable_says_so() {
+    let listener = Listener::connect(&shared_url()).await.unwrap();
+    let from_plain_thread = listener.clone();
+    let result = on_plain_thread(move || {
+        futures::executor::block_on(from_plain_thread.subscribe_durable("orders", Cursor::Now))
+    });
+    let e = result.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("tokio runtime"), "{e}");
+}
