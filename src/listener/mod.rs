@@ -192,7 +192,11 @@ impl Listener {
     /// settled: with [`Cursor::Now`], every entry of a transaction still running, or not
     /// yet begun, when this returns is delivered. Reads use one extra connection per
     /// listener (opened by the first durable subscription), so this must be called
-    /// from a tokio runtime, where the reader runs.
+    /// from a tokio runtime, where the reader runs. The wake-up channel
+    /// ([`WAKE_PREFIX`](crate::durable::WAKE_PREFIX)` + channel`) is an ordinary
+    /// subscription of this listener: [`Listener::listening_channels`] and
+    /// [`Listener::stats`] count it. Its queue has the listener's
+    /// [`queue_capacity`](ListenerBuilder::queue_capacity).
     ///
     /// # Errors
     ///
