@@ -595,3 +595,46 @@ async fn outside_a_tokio_runtime_subscribe_durable_says_so() {
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("tokio runtime"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_delays_no_other_subscription_and_loses_nothing() {
+    let url = shared_url();
+    let client = admin(&url).await;
+    let journal = own_journal(&client).await;
+    let channel = unique("dur_full");
+    let listener = Listener::builder(&url)
+        .queue_capacity(2)
+        .connect()
+        .await
+        .unwrap();
+    let mut stuck = listener
+        .subscribe_durable_in(&journal, &channel, Cursor::Now)
+        .await
+        .unwrap();
+    let mut reader = listener
+        .subscribe_durable_in(&journal, &channel, Cursor::Now)
+        .await
+        .unwrap();
+    let mut published = Vec::new();
+    for i in 0..20 {
+        published.push(
+            journal
+                .publish(&client, &channel, &i.to_string())
+                .await
+                .unwrap(),
+        );
+    }
+    // The other subscription gets everything while `stuck` is not read at all.
+    for expected in &published {
+        assert_eq!(next_entry(&mut reader).await.position(), Some(*expected));
+    }
+    assert_eq!(
+        stuck.stats().last_position,
+        Some(published[1]),
+        "two fit in its queue"
+    );
+    // Then `stuck` gets every entry too, in order: nothing was dropped.
+    for expected in &published {
+        assert_eq!(next_entry(&mut stuck).await.position(), Some(*expected));
+    }
+}
