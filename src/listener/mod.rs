@@ -331,6 +331,15 @@ impl Listener {
         if self.inner.commands.send(Command::Shutdown { done }).is_ok() {
             let _ = finished.await;
         }
+        // The durable reader ends (and closes its connection) once its subscriptions,
+        // which the shutdown just ended, are gone.
+        let reader = self
+            .inner
+            .durable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        drop(reader);
     }
 
     /// True once [`shutdown`](Listener::shutdown) was called or the background task

@@ -640,3 +640,42 @@ async fn a_full_queue_delays_no_other_subscription_and_loses_nothing() {
         assert_eq!(next_entry(&mut stuck).await.position(), Some(*expected));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_the_durable_readers_connection() {
+    let url = shared_url();
+    let client = admin(&url).await;
+    let journal = own_journal(&client).await;
+    let listener = Listener::connect(&url).await.unwrap();
+    let mut sub = listener
+        .subscribe_durable_in(&journal, "orders", Cursor::Now)
+        .await
+        .unwrap();
+    // The reader's session is the one whose last statement names this journal.
+    let readers = || {
+        let (client, pattern) = (&client, format!("%{}%", journal.schema()));
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE query LIKE $1 AND pid <> pg_backend_pid()",
+                    &[&pattern],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    eventually("the reader is connected", || async { readers().await == 1 }).await;
+    listener.shutdown().await;
+    assert!(
+        tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    eventually("the reader's connection is closed", || async {
+        readers().await == 0
+    })
+    .await;
+}
