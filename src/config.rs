@@ -34,6 +34,14 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// ```
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default interval at which a durable subscription reads again while entries are held
+/// back (see [`ListenerBuilder::durable_retry`](crate::ListenerBuilder::durable_retry)).
+///
+/// ```
+/// assert_eq!(pglisten::DEFAULT_DURABLE_RETRY, std::time::Duration::from_millis(50));
+/// ```
+pub const DEFAULT_DURABLE_RETRY: Duration = Duration::from_millis(50);
+
 /// Where a listener's background task (the code that reads the connection) runs; set
 /// with [`ListenerBuilder::task_placement`](crate::ListenerBuilder::task_placement).
 ///
@@ -103,6 +111,7 @@ pub(crate) struct Draft {
     pub(crate) task_placement: TaskPlacement,
     /// The `listener` label of the `metrics` feature's figures.
     pub(crate) metrics_label: String,
+    pub(crate) durable_retry: Duration,
 }
 
 impl Draft {
@@ -126,6 +135,7 @@ impl Draft {
             self_check: None,
             task_placement: TaskPlacement::Auto,
             metrics_label: DEFAULT_LISTENER_LABEL.to_owned(),
+            durable_retry: DEFAULT_DURABLE_RETRY,
         }
     }
 
@@ -180,6 +190,12 @@ impl Draft {
                 "connect_timeout must be greater than zero",
             ));
         }
+        if self.durable_retry.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "durable_retry must be greater than zero",
+            ));
+        }
         info.set_tcp_keepalive(self.heartbeat.tcp_keepalive());
         let connect = match self.source {
             Source::Hook(hook) => {
@@ -219,6 +235,7 @@ impl Draft {
             heartbeat: self.heartbeat,
             task_placement: self.task_placement,
             metrics_label: self.metrics_label,
+            durable_retry: self.durable_retry,
         })
     }
 }
@@ -240,6 +257,7 @@ impl fmt::Debug for Draft {
             .field("self_check", &self.self_check)
             .field("task_placement", &self.task_placement)
             .field("metrics_label", &self.metrics_label)
+            .field("durable_retry", &self.durable_retry)
             .finish()
     }
 }
@@ -254,6 +272,8 @@ pub(crate) struct ListenerConfig {
     pub(crate) heartbeat: HeartbeatConfig,
     pub(crate) task_placement: TaskPlacement,
     pub(crate) metrics_label: String,
+    /// How often durable subscriptions read again while entries are held back.
+    pub(crate) durable_retry: Duration,
 }
 
 impl fmt::Debug for ListenerConfig {
@@ -323,6 +343,9 @@ mod tests {
         let mut draft = Draft::new("postgres://app@db/app");
         draft.connect_timeout = Duration::ZERO;
         assert!(refused(draft).contains("connect_timeout"));
+        let mut draft = Draft::new("postgres://app@db/app");
+        draft.durable_retry = Duration::ZERO;
+        assert!(refused(draft).contains("durable_retry"));
     }
 
     #[test]

@@ -59,6 +59,15 @@ pub enum ErrorKind {
     Database,
     /// The listener was shut down, or its background task is gone.
     Closed,
+    /// A durable subscription's cursor is before the journal's horizon: entries after
+    /// it were pruned ([`durable::prune`](crate::durable::prune)), so it cannot be served
+    /// without a gap. The message names both positions; start again from
+    /// [`Cursor::Beginning`](crate::durable::Cursor::Beginning) after reloading your state.
+    Pruned,
+    /// A durable [`Position`](crate::durable::Position) was refused: its text is not a
+    /// position, or it comes from the future or from another cluster (a dump and restore
+    /// starts transaction ids again), or the journal belongs to another cluster.
+    InvalidPosition,
 }
 
 impl ErrorKind {
@@ -74,6 +83,8 @@ impl ErrorKind {
             ErrorKind::Timeout => "timed out",
             ErrorKind::Database => "database error",
             ErrorKind::Closed => "listener closed",
+            ErrorKind::Pruned => "pruned",
+            ErrorKind::InvalidPosition => "invalid position",
         }
     }
 }

@@ -58,6 +58,10 @@
 //! 6. [`Listener::shutdown`] delivers every notification that had reached the listener's
 //!    socket when it was called, then ends every stream.
 //!
+//! For what must not be missed, [durable channels](durable) go further: entries are
+//! kept in a journal table and a [`Listener::subscribe_durable`] stream has no gap at
+//! all, across reconnects, slow consumers and restarts, in a commit-safe order.
+//!
 //! Facts of the server worth knowing:
 //!
 //! - Notifications are delivered when the sending transaction commits, in commit order;
@@ -238,11 +242,12 @@
 
 // Layers, top to bottom; a module imports only from its own layer or the ones below
 // (CONTRIBUTING.md shows the graph; tests/it/layout.rs checks it).
-//   handles:        listener (+ listener::builder), subscription, notify
+//   handles:        listener (+ listener::builder), subscription, notify, durable
 //   the task:       worker
 //   configuration:  config
 //   below the task: connect (reaching the server), fanout (routing to queues)
-//   foundations:    error, stats, telemetry, channel, backoff, heartbeat, random
+//   foundations:    error, stats, telemetry, channel, backoff, heartbeat, random, position
+pub mod durable;
 mod listener;
 mod notify;
 mod subscription;
@@ -258,6 +263,7 @@ mod backoff;
 mod channel;
 mod error;
 mod heartbeat;
+mod position;
 mod random;
 mod stats;
 mod telemetry;
@@ -266,7 +272,9 @@ pub use backoff::Backoff;
 pub use channel::{
     Channel, MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES, validate_channel, validate_payload,
 };
-pub use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUEUE_CAPACITY, TaskPlacement};
+pub use config::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DURABLE_RETRY, DEFAULT_QUEUE_CAPACITY, TaskPlacement,
+};
 pub use connect::Credentials;
 pub use error::{Error, ErrorKind, Result};
 pub use fanout::{Event, Notification, ReconnectReport};

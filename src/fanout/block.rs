@@ -23,6 +23,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::position::Position;
+
 /// Notifications per block at most: also the largest batch handed to a subscription at
 /// once. With 128, what a current-thread runtime touches per batch (the socket's bytes,
 /// the block, the queued events) stays in L1; 256 overflowed it and 64 did no better
@@ -56,6 +58,8 @@ pub(crate) struct Block {
     entries: Vec<Entry>,
     /// When the batch was read: one clock read per block, not per notification.
     received_at: SystemTime,
+    /// Durable entries only: the position of each entry (empty for notifications).
+    positions: Vec<Position>,
 }
 
 impl Default for Block {
@@ -65,6 +69,7 @@ impl Default for Block {
             payloads: String::new(),
             entries: Vec::new(),
             received_at: SystemTime::UNIX_EPOCH,
+            positions: Vec::new(),
         }
     }
 }
@@ -107,9 +112,14 @@ impl Block {
                 .entry(index)
                 .and_then(|e| Some((e.process_id, self.channels.get(e.channel as usize)?)))
             {
-                Some((process_id, channel)) => {
-                    builder.push(process_id, channel, self.payload(index));
-                }
+                Some((process_id, channel)) => match self.position(index) {
+                    Some(position) => {
+                        builder.push_durable(process_id, channel, self.payload(index), position);
+                    }
+                    None => {
+                        builder.push(process_id, channel, self.payload(index));
+                    }
+                },
                 // Never happens (indexes come from this block's builder); keeps the
                 // positions of the others if it did.
                 None => {
@@ -158,6 +168,13 @@ impl Block {
     pub(crate) fn process_id(&self, index: u32) -> i32 {
         self.entry(index).map_or(0, |e| e.process_id)
     }
+
+    /// The journal position of entry `index` of a durable block (`None` in a block of
+    /// notifications).
+    #[inline]
+    pub(crate) fn position(&self, index: u32) -> Option<Position> {
+        self.positions.get(index as usize).copied()
+    }
 }
 
 /// The block being filled by the background task.
@@ -166,6 +183,7 @@ pub(crate) struct BlockBuilder {
     channels: Vec<Arc<str>>,
     payloads: String,
     entries: Vec<Entry>,
+    positions: Vec<Position>,
     /// Sizes of the last sealed block, to allocate the next one at once.
     last_text: usize,
     last_entries: usize,
@@ -194,6 +212,20 @@ impl BlockBuilder {
             payload_end: self.payloads.len() as u32,
         });
         index
+    }
+
+    /// Copies a durable journal entry in; every entry of a block that holds one must be
+    /// pushed this way (positions are looked up by index).
+    pub(crate) fn push_durable(
+        &mut self,
+        process_id: i32,
+        channel: &Arc<str>,
+        payload: &str,
+        position: Position,
+    ) -> u32 {
+        debug_assert_eq!(self.positions.len(), self.entries.len());
+        self.positions.push(position);
+        self.push(process_id, channel, payload)
     }
 
     /// Allocates the next block's buffers, as large as the last block's.
@@ -235,6 +267,7 @@ impl BlockBuilder {
             payloads: std::mem::take(&mut self.payloads),
             entries: std::mem::take(&mut self.entries),
             received_at: SystemTime::UNIX_EPOCH,
+            positions: std::mem::take(&mut self.positions),
         }
     }
 }

@@ -115,6 +115,17 @@ impl Notification {
     }
 
     #[cfg(test)]
+    pub(crate) fn durable_for_tests(
+        channel: &str,
+        payload: &str,
+        position: crate::position::Position,
+    ) -> Self {
+        let mut builder = super::block::BlockBuilder::default();
+        builder.push_durable(0, &Arc::from(channel), payload, position);
+        Notification::in_block(Arc::new(builder.seal()), 0)
+    }
+
+    #[cfg(test)]
     pub(crate) fn for_tests(channel: &str, payload: &str) -> Self {
         Notification::in_block(Arc::new(Block::single(0, channel, payload)), 0)
     }
@@ -174,16 +185,37 @@ impl Notification {
     pub fn received_at(&self) -> SystemTime {
         self.block.received_at()
     }
+
+    /// The entry's place in its durable channel's delivery order, for notifications of a
+    /// [durable subscription](crate::Listener::subscribe_durable); `None` for plain
+    /// notifications. Store it to resume after it with
+    /// [`Cursor::After`](crate::durable::Cursor::After).
+    ///
+    /// ```
+    /// # fn f(n: pglisten::Notification) {
+    /// if let Some(position) = n.position() {
+    ///     println!("entry {position}: {}", n.payload());
+    /// }
+    /// # }
+    /// ```
+    #[inline]
+    pub fn position(&self) -> Option<crate::position::Position> {
+        self.block.position(self.index)
+    }
 }
 
 impl fmt::Debug for Notification {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Notification")
+        let mut shown = f.debug_struct("Notification");
+        shown
             .field("channel", &self.channel())
             .field("payload", &self.payload())
             .field("process_id", &self.process_id())
-            .field("received_at", &self.received_at())
-            .finish()
+            .field("received_at", &self.received_at());
+        if let Some(position) = self.position() {
+            shown.field("position", &position);
+        }
+        shown.finish()
     }
 }
 

@@ -11,6 +11,7 @@ mod event;
 mod mailbox;
 mod registry;
 
+pub(crate) use block::{Block, BlockBuilder};
 pub use event::{Event, Notification, ReconnectReport};
 pub(crate) use mailbox::{Mailbox, Wake};
 pub(crate) use registry::{FlushTotals, LagChange, Registry, SubscriptionId, SyncPlan};

@@ -70,6 +70,24 @@ impl ListenerBuilder {
         self
     }
 
+    /// How often a durable subscription reads the journal again while entries are held
+    /// back by an older transaction that is still running (a transaction that ends
+    /// without publishing sends no wake-up, so this is how held-back entries arrive once
+    /// it ends). Must be greater than zero. Default:
+    /// [`DEFAULT_DURABLE_RETRY`](crate::DEFAULT_DURABLE_RETRY) (50 ms). Reads happen only
+    /// while entries are held back, never while idle.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = pglisten::Listener::builder("postgres://app@db/app")
+    ///     .durable_retry(Duration::from_millis(200));
+    /// # let _ = builder;
+    /// ```
+    pub fn durable_retry(mut self, interval: Duration) -> Self {
+        self.draft.durable_retry = interval;
+        self
+    }
+
     /// The reconnect schedule. Default: [`Backoff::default`].
     ///
     /// ```

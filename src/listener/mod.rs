@@ -8,11 +8,14 @@ pub use builder::ListenerBuilder;
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::channel::{validate_channel, validate_payload};
+use crate::config::ListenerConfig;
+use crate::durable::{Cursor, DurableSubscription, Journal, Reader, wake_channel};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fanout::Mailbox;
 use crate::stats::{Stats, Status};
@@ -53,6 +56,9 @@ struct Inner {
     queue_capacity: usize,
     closed: AtomicBool,
     target: String,
+    config: Arc<ListenerConfig>,
+    /// The durable reader, started by the first durable subscription.
+    durable: Mutex<Option<Arc<Reader>>>,
 }
 
 impl fmt::Debug for Listener {
@@ -103,6 +109,8 @@ impl Listener {
             queue_capacity: config.queue_capacity,
             closed: AtomicBool::new(false),
             target: config.connect.target().to_owned(),
+            config,
+            durable: Mutex::new(None),
         });
         Listener { inner }
     }
@@ -176,6 +184,91 @@ impl Listener {
         }
     }
 
+    /// Subscribes to the durable channel `channel` of the journal in the default schema
+    /// ([`pglisten::durable`](crate::durable)), starting at `from`: a stream of every
+    /// entry in delivery order, each once, with no gap across reconnects, slow
+    /// consumers and restarts.
+    ///
+    /// Returns once the wake-up channel is LISTENed to and the starting point is
+    /// settled: with [`Cursor::Now`], every entry of a transaction still running, or not
+    /// yet begun, when this returns is delivered. Reads use one extra connection per
+    /// listener (opened by the first durable subscription), so this must be called
+    /// from a tokio runtime, where the reader runs. The wake-up channel
+    /// ([`WAKE_PREFIX`](crate::durable::WAKE_PREFIX)` + channel`) is an ordinary
+    /// subscription of this listener: [`Listener::listening_channels`] and
+    /// [`Listener::stats`] count it. Its queue has the listener's
+    /// [`queue_capacity`](ListenerBuilder::queue_capacity).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidChannel`] for a name that is empty, has NUL or is longer than
+    /// [`MAX_DURABLE_CHANNEL_BYTES`](crate::durable::MAX_DURABLE_CHANNEL_BYTES);
+    /// [`ErrorKind::Pruned`] when `Cursor::After(p)` is before what was pruned;
+    /// [`ErrorKind::InvalidPosition`] for a position from the future or another
+    /// cluster; [`ErrorKind::Database`] when the journal is not installed; the errors
+    /// of connecting; [`ErrorKind::Closed`] after shutdown.
+    ///
+    /// ```no_run
+    /// use futures::StreamExt;
+    /// use pglisten::durable::{Cursor, Position};
+    ///
+    /// # async fn run(listener: pglisten::Listener, stored: Option<Position>) -> pglisten::Result<()> {
+    /// let from = stored.map_or(Cursor::Beginning, Cursor::After);
+    /// let mut events = listener.subscribe_durable("orders", from).await?;
+    /// while let Some(event) = events.next().await {
+    ///     if let Some(n) = event.into_notification() {
+    ///         println!("{}: {}", n.position().unwrap(), n.payload());
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_durable(
+        &self,
+        channel: &str,
+        from: Cursor,
+    ) -> Result<DurableSubscription> {
+        self.subscribe_durable_in(&Journal::default(), channel, from)
+            .await
+    }
+
+    /// [`subscribe_durable`](Listener::subscribe_durable) on the journal `journal` (in a
+    /// schema of your choice).
+    ///
+    /// ```no_run
+    /// use pglisten::durable::{Cursor, Journal};
+    ///
+    /// # async fn run(listener: pglisten::Listener) -> pglisten::Result<()> {
+    /// let journal = Journal::new("events");
+    /// let events = listener.subscribe_durable_in(&journal, "orders", Cursor::Now).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_durable_in(
+        &self,
+        journal: &Journal,
+        channel: &str,
+        from: Cursor,
+    ) -> Result<DurableSubscription> {
+        let wake_name = wake_channel(channel)?;
+        self.check_open()?;
+        let reader = self.durable_reader()?;
+        let wake = self.subscribe([wake_name]).await?;
+        reader.subscribe(journal, channel, from, wake).await
+    }
+
+    fn durable_reader(&self) -> Result<Arc<Reader>> {
+        let mut slot = self
+            .inner
+            .durable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(reader) = &*slot {
+            return Ok(reader.clone());
+        }
+        let reader = Arc::new(Reader::start(self.inner.config.clone())?);
+        *slot = Some(reader.clone());
+        Ok(reader)
+    }
+
     /// Sends a notification on `channel` through this listener's connection
     /// (`SELECT pg_notify(channel, payload)`), and returns once the server has accepted
     /// it. To notify inside your own transaction, use [`crate::notify`].
@@ -239,6 +332,15 @@ impl Listener {
         if self.inner.commands.send(Command::Shutdown { done }).is_ok() {
             let _ = finished.await;
         }
+        // The durable reader ends (and closes its connection) once its subscriptions,
+        // which the shutdown just ended, are gone.
+        let reader = self
+            .inner
+            .durable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        drop(reader);
     }
 
     /// True once [`shutdown`](Listener::shutdown) was called or the background task

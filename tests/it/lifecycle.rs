@@ -21,6 +21,13 @@ fn public_types_are_send_sync_unpin_and_static() {
     check::<pglisten::Backoff>();
     check::<pglisten::Channel>();
     check::<pglisten::SubscriptionStats>();
+    check::<pglisten::durable::DurableSubscription>();
+    check::<pglisten::durable::Position>();
+    check::<pglisten::durable::Cursor>();
+    check::<pglisten::durable::Journal>();
+    check::<pglisten::durable::DurableStats>();
+    fn copy<T: Copy + Ord + std::fmt::Debug + std::fmt::Display + std::str::FromStr>() {}
+    copy::<pglisten::durable::Position>();
     fn clone<T: Clone>() {}
     clone::<Listener>();
     clone::<pglisten::Error>();

@@ -9,6 +9,7 @@ mod support;
 mod alloc;
 mod bad_input;
 mod delivery;
+mod durable;
 mod existing_config;
 mod failover;
 mod faults;

@@ -1,0 +1,528 @@
+//! The durable reader: one task per listener, with one connection of its own, that reads
+//! the journal for every durable subscription of the listener.
+//!
+//! A subscription is *dirty* when the journal may hold entries for it: after it starts,
+//! after a wake-up (a `NOTIFY` on its wake channel, or `Reconnected`/`Lagged` of the wake
+//! subscription: a wake-up may have been missed), while a read returned a full batch,
+//! and every `durable_retry` while entries are held back. Each round reads once for
+//! every dirty subscription that has room in its queue; subscriptions on one channel at
+//! the same position share one read, and the reads of a round are sent together
+//! (pipelined on the one connection), their rows handed over as they arrive. A
+//! subscription whose queue is full is skipped until its consumer frees half of it,
+//! and is read again from its last position: nothing is dropped, so nothing is lagged.
+//!
+//! Nothing runs while no subscription is dirty: no polling while idle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+mod batch;
+mod conn;
+mod handle;
+
+pub(crate) use handle::Reader;
+use handle::Register;
+
+use futures::future::{AbortHandle, Abortable, FutureExt};
+use futures::stream::{BoxStream, SelectAll, StreamExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_postgres::Client;
+use tracing::{debug, warn};
+
+use self::batch::{
+    Group, MAX_BATCH_ENTRIES, Member, Outcome, StartFacts, pruned, read, settle_start,
+};
+use self::conn::Conn;
+use super::journal::{Journal, failed};
+use super::stream::Queue;
+use crate::backoff::BackoffSchedule;
+use crate::config::ListenerConfig;
+use crate::error::{Chain, Error, ErrorKind, Result};
+use crate::fanout::Event;
+use crate::position::Position;
+use crate::random::SplitMix64;
+
+type WakeStream = Abortable<BoxStream<'static, (u64, Option<Event>)>>;
+
+/// One started durable subscription, as the reader sees it.
+struct Sub {
+    journal: Journal,
+    channel: Arc<str>,
+    /// Entries after this are still to be delivered.
+    cursor: Position,
+    /// Started from `Cursor::Beginning` and nothing delivered yet: pruning only moves
+    /// its start.
+    from_beginning: bool,
+    queue: Arc<Queue>,
+    dirty: bool,
+    /// Skipped until its consumer frees room.
+    blocked: bool,
+    /// Entries were held back at the last read.
+    held: bool,
+    wake: AbortHandle,
+}
+
+struct Task {
+    config: Arc<ListenerConfig>,
+    backoff: BackoffSchedule,
+    commands: mpsc::UnboundedReceiver<Register>,
+    commands_open: bool,
+    unsubscribe: mpsc::UnboundedReceiver<u64>,
+    room: Arc<Notify>,
+    wakes: SelectAll<WakeStream>,
+    subs: HashMap<u64, Sub>,
+    starting: Vec<Register>,
+    conn: Option<Conn>,
+    /// When subscriptions with held-back entries read again.
+    retry_at: Option<Instant>,
+    /// No connection attempt or read before this, after a failure.
+    backoff_until: Option<Instant>,
+}
+
+impl Task {
+    fn new(
+        config: Arc<ListenerConfig>,
+        commands: mpsc::UnboundedReceiver<Register>,
+        unsubscribe: mpsc::UnboundedReceiver<u64>,
+        room: Arc<Notify>,
+    ) -> Task {
+        Task {
+            backoff: BackoffSchedule::new(config.backoff, SplitMix64::from_entropy().next_u64()),
+            config,
+            commands,
+            commands_open: true,
+            unsubscribe,
+            room,
+            wakes: SelectAll::new(),
+            subs: HashMap::new(),
+            starting: Vec::new(),
+            conn: None,
+            retry_at: None,
+            backoff_until: None,
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            self.absorb_ready();
+            if !self.commands_open && self.subs.is_empty() && self.starting.is_empty() {
+                break;
+            }
+            let backing_off = self.backoff_until.is_some_and(|t| t > Instant::now());
+            if self.has_work() && !backing_off {
+                self.round().await;
+                continue;
+            }
+            let deadline = match (self.retry_at, self.backoff_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.wait(deadline).await;
+        }
+        for sub in self.subs.values() {
+            sub.queue.close();
+        }
+        debug!("durable reader stopped");
+    }
+
+    fn has_work(&self) -> bool {
+        !self.starting.is_empty() || self.subs.values().any(|s| s.dirty && !s.blocked)
+    }
+
+    /// Takes in whatever is ready, without waiting.
+    fn absorb_ready(&mut self) {
+        while let Ok(register) = self.commands.try_recv() {
+            self.add(register);
+        }
+        while let Ok(id) = self.unsubscribe.try_recv() {
+            self.remove(id);
+        }
+        while let Some(Some((id, event))) = self.wakes.next().now_or_never() {
+            self.on_wake(id, event);
+        }
+        if self.room.notified().now_or_never().is_some() {
+            self.unblock();
+        }
+        if self.retry_at.is_some_and(|t| t <= Instant::now()) {
+            self.retry_held();
+        }
+    }
+
+    /// Waits for one thing to happen, or until `deadline`.
+    async fn wait(&mut self, deadline: Option<Instant>) {
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            register = self.commands.recv(), if self.commands_open => match register {
+                Some(register) => self.add(register),
+                None => self.commands_open = false,
+            },
+            Some(id) = self.unsubscribe.recv() => self.remove(id),
+            Some((id, event)) = self.wakes.next(), if !self.wakes.is_empty() => {
+                self.on_wake(id, event);
+            }
+            () = self.room.notified() => self.unblock(),
+            () = sleep => {
+                if self.retry_at.is_some_and(|t| t <= Instant::now()) {
+                    self.retry_held();
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, register: Register) {
+        self.starting.push(register);
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(sub) = self.subs.remove(&id) {
+            sub.wake.abort();
+        }
+        self.starting.retain(|r| r.id != id);
+    }
+
+    fn on_wake(&mut self, id: u64, event: Option<Event>) {
+        let Some(channel) = self.subs.get(&id).map(|s| s.channel.clone()) else {
+            return;
+        };
+        match event {
+            // The listener is closed: so is this subscription.
+            None => {
+                if let Some(sub) = self.subs.remove(&id) {
+                    sub.queue.close();
+                }
+            }
+            Some(Event::Error(error)) => {
+                if let Some(sub) = self.subs.get(&id) {
+                    sub.queue.push_error(error);
+                }
+            }
+            // A wake-up, or one may have been missed (Reconnected, Lagged): read.
+            Some(_) => {
+                for sub in self.subs.values_mut() {
+                    if sub.channel == channel {
+                        sub.dirty = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn unblock(&mut self) {
+        for sub in self.subs.values_mut() {
+            sub.blocked = false;
+        }
+    }
+
+    fn retry_held(&mut self) {
+        self.retry_at = None;
+        for sub in self.subs.values_mut() {
+            if sub.held {
+                sub.dirty = true;
+            }
+        }
+    }
+
+    /// The connection, made if needed.
+    async fn connection(&mut self) -> Result<Arc<Client>> {
+        if let Some(conn) = self.conn.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(conn.client.clone());
+        }
+        self.conn = None;
+        let conn = Conn::open(&self.config).await?;
+        let client = conn.client.clone();
+        self.conn = Some(conn);
+        Ok(client)
+    }
+
+    /// Resolves a new subscription's cursor: checks the journal, the cluster, the
+    /// position and the horizon.
+    async fn start(&mut self, client: &Client, register: &Register) -> Result<(Position, bool)> {
+        let conn = self.conn.as_mut().ok_or_else(|| {
+            Error::new(
+                ErrorKind::ConnectionLost,
+                "the durable reader's connection is gone",
+            )
+        })?;
+        let prepared = conn.prepared(&register.journal).await?;
+        let channel: &str = &register.channel;
+        let row = client
+            .query_opt(&prepared.start, &[&channel])
+            .await
+            .map_err(|e| failed("starting a durable subscription", e))?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Database,
+                    format!(
+                        "the journal in schema {:?} has no meta row: run install again",
+                        register.journal.schema()
+                    ),
+                )
+            })?;
+        settle_start(
+            StartFacts::from_row(&row)?,
+            register.from,
+            &register.journal,
+            channel,
+        )
+    }
+
+    /// One round: start what is starting, then one read for each group of dirty
+    /// subscriptions, all sent together.
+    async fn round(&mut self) {
+        let bound = self
+            .config
+            .heartbeat
+            .timeout
+            .max(self.config.connect.connect_timeout());
+        let connected = tokio::time::timeout(bound, self.connection()).await;
+        let client = match connected {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => return self.failed(error, None),
+            Err(_) => {
+                let error = Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the durable reader could not connect within {bound:?}; it tries again"
+                    ),
+                );
+                return self.failed(error, None);
+            }
+        };
+        for register in std::mem::take(&mut self.starting) {
+            if register.ack.is_closed() {
+                continue;
+            }
+            let started = match tokio::time::timeout(bound, self.start(&client, &register)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("starting the durable subscription took longer than {bound:?}"),
+                )),
+            };
+            match started {
+                Ok((cursor, from_beginning)) => {
+                    let id = register.id;
+                    let (abort, registration) = AbortHandle::new_pair();
+                    let wake: BoxStream<'static, (u64, Option<Event>)> = register
+                        .wake
+                        .map(move |event| (id, Some(event)))
+                        .chain(futures::stream::once(async move { (id, None) }))
+                        .boxed();
+                    self.wakes.push(Abortable::new(wake, registration));
+                    self.subs.insert(
+                        id,
+                        Sub {
+                            journal: register.journal,
+                            channel: register.channel,
+                            cursor,
+                            from_beginning,
+                            queue: register.queue,
+                            dirty: true,
+                            blocked: false,
+                            held: false,
+                            wake: abort,
+                        },
+                    );
+                    let _ = register.ack.send(Ok(()));
+                }
+                Err(error) => {
+                    if error.kind() == ErrorKind::ConnectionLost
+                        || error.kind() == ErrorKind::Timeout
+                    {
+                        self.conn = None;
+                    }
+                    let _ = register.ack.send(Err(error));
+                }
+            }
+        }
+        let groups = self.groups();
+        if groups.is_empty() {
+            return;
+        }
+        let mut statements = Vec::with_capacity(groups.len());
+        for group in &groups {
+            let prepared = match self.conn.as_mut() {
+                Some(conn) => conn.prepared(&group.journal).await,
+                None => Err(Error::new(
+                    ErrorKind::ConnectionLost,
+                    "the durable reader's connection is gone",
+                )),
+            };
+            match prepared {
+                Ok(prepared) => statements.push(prepared.read),
+                Err(error) => return self.failed(error, Some(&groups)),
+            }
+        }
+        let mut groups = groups;
+        let reads = groups
+            .iter_mut()
+            .zip(&statements)
+            .map(|(group, statement)| {
+                let client = &client;
+                async move { tokio::time::timeout(bound, read(client, statement, group)).await }
+            });
+        let outcomes = futures::future::join_all(reads).await;
+        let mut trouble = None;
+        for (group, outcome) in groups.iter().zip(outcomes) {
+            match outcome {
+                Ok(Ok(outcome)) => self.apply(group, &outcome),
+                Ok(Err(error)) => {
+                    self.record_partial(group);
+                    trouble = Some(error);
+                }
+                Err(_) => {
+                    self.record_partial(group);
+                    trouble = Some(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "a read of the journal took longer than {bound:?}; the durable \
+                             reader reconnects and reads again from the last position"
+                        ),
+                    ));
+                }
+            }
+        }
+        match trouble {
+            Some(error) => self.failed(error, Some(&groups)),
+            None => {
+                self.backoff.reset();
+                self.backoff_until = None;
+            }
+        }
+    }
+
+    /// The dirty subscriptions with room, grouped by channel and position.
+    fn groups(&mut self) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<(&str, &str, Position, bool), usize> = HashMap::new();
+        for sub in self.subs.values_mut() {
+            if sub.dirty && !sub.blocked && sub.queue.room() == 0 {
+                sub.blocked = true;
+            }
+        }
+        for (&id, sub) in &self.subs {
+            if !sub.dirty || sub.blocked {
+                continue;
+            }
+            let room = sub.queue.room();
+            if room == 0 {
+                continue;
+            }
+            let key = (
+                sub.journal.schema(),
+                &*sub.channel,
+                sub.cursor,
+                sub.from_beginning,
+            );
+            let at = *index.entry(key).or_insert_with(|| {
+                groups.push(Group {
+                    journal: sub.journal.clone(),
+                    channel: sub.channel.clone(),
+                    cursor: sub.cursor,
+                    from_beginning: sub.from_beginning,
+                    members: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            groups[at].members.push(Member {
+                id,
+                queue: sub.queue.clone(),
+                room: room.min(MAX_BATCH_ENTRIES),
+                taken: 0,
+                last: None,
+            });
+        }
+        groups
+    }
+
+    /// A read succeeded: move each member on.
+    fn apply(&mut self, group: &Group, outcome: &Outcome) {
+        let mut retry = false;
+        for member in &group.members {
+            let Some(sub) = self.subs.get_mut(&member.id) else {
+                continue;
+            };
+            member
+                .queue
+                .record_read(outcome.held, outcome.watermark, group.members.len() > 1);
+            match outcome.horizon {
+                Some(h) if h > group.cursor && !group.from_beginning && member.last.is_none() => {
+                    sub.queue
+                        .push_error(pruned(&group.channel, group.cursor, h));
+                    sub.queue.close();
+                    if let Some(sub) = self.subs.remove(&member.id) {
+                        sub.wake.abort();
+                    }
+                    continue;
+                }
+                Some(h) if group.from_beginning && member.last.is_none() && h > sub.cursor => {
+                    sub.cursor = h;
+                }
+                _ => {}
+            }
+            if let Some(last) = member.last {
+                sub.cursor = last;
+                sub.from_beginning = false;
+            }
+            // Entries may remain: the read hit a bound, or this queue's room.
+            sub.dirty = outcome.more || member.taken == member.room;
+            sub.held = outcome.held > 0;
+            retry |= sub.held;
+        }
+        if retry {
+            let at = Instant::now() + self.config.durable_retry;
+            self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at)));
+        }
+    }
+
+    /// A read failed part way: what it delivered stays delivered.
+    fn record_partial(&mut self, group: &Group) {
+        for member in &group.members {
+            if let (Some(sub), Some(last)) = (self.subs.get_mut(&member.id), member.last) {
+                sub.cursor = last;
+                sub.from_beginning = false;
+            }
+        }
+    }
+
+    /// Something failed: tell the subscriptions concerned (all, for a connection
+    /// problem), and try again after a backoff delay. Subscriptions stay dirty, so
+    /// they read again from their last position.
+    fn failed(&mut self, error: Error, groups: Option<&[Group]>) {
+        warn!(error = %Chain(&error), "durable reader trouble; it tries again");
+        let connection_trouble = matches!(
+            error.kind(),
+            ErrorKind::ConnectionLost | ErrorKind::Timeout | ErrorKind::Connect
+        );
+        if connection_trouble {
+            self.conn = None;
+        } else if let Some(conn) = &mut self.conn {
+            // The server refused a statement: if the journal was dropped and installed
+            // again, its prepared statements are stale; prepare them afresh.
+            conn.forget_statements();
+        }
+        match groups {
+            Some(groups) if !connection_trouble => {
+                for member in groups.iter().flat_map(|g| &g.members) {
+                    member.queue.push_error(error.clone());
+                }
+            }
+            _ => {
+                for sub in self.subs.values() {
+                    sub.queue.push_error(error.clone());
+                }
+                for register in self.starting.drain(..) {
+                    let _ = register.ack.send(Err(error.clone()));
+                }
+            }
+        }
+        let delay = self.backoff.next_delay();
+        self.backoff_until = Some(Instant::now() + delay);
+    }
+}
