@@ -191,11 +191,13 @@ impl Task {
             return;
         };
         match event {
-            // The listener is closed: so is this subscription.
+            // The listener is closed (shut down, or it gave up reconnecting): so is this
+            // subscription, and no new one can come; the reader ends with the last.
             None => {
                 if let Some(sub) = self.subs.remove(&id) {
                     sub.queue.close();
                 }
+                self.commands_open = false;
             }
             Some(Event::Error(error)) => {
                 if let Some(sub) = self.subs.get(&id) {
