@@ -1,6 +1,11 @@
 //! The durable reader: one task per listener, with one connection of its own, that reads
 //! the journal for every durable subscription of the listener.
 //!
+//! Each durable channel has one wake-up subscription on the listener, shared by its
+//! durable subscriptions (each one's own, made by `subscribe_durable` so that LISTEN is
+//! active when it returns, is dropped when the channel has one already) and ended with
+//! the last of them.
+//!
 //! A subscription is *dirty* when the journal may hold entries for it: after it starts,
 //! after a wake-up (a `NOTIFY` on its wake channel, or `Reconnected`/`Lagged` of the wake
 //! subscription: a wake-up may have been missed), while a read returned a full batch,
