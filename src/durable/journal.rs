@@ -226,7 +226,7 @@ impl Journal {
                              AND (j.xid > $2::xid8 OR j.seq > $3)) AS held
                    FROM snap)
                  SELECT head.x, head.hx, head.hs, head.held,
-                        e.xid::text, e.seq, e.pid, e.payload
+                        e.xid, e.seq, e.pid, e.payload
                  FROM head LEFT JOIN LATERAL (
                    SELECT w.xid, w.seq, w.pid, w.payload FROM (
                      SELECT b.*, sum(octet_length(b.payload)) OVER (ORDER BY b.xid, b.seq)
@@ -404,6 +404,27 @@ impl Journal {
     }
 }
 
+/// An `xid8` column in binary form (8 bytes, big-endian), read without a text
+/// conversion on either side: the read returns one per entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Xid8(pub(crate) u64);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Xid8 {
+    fn from_sql(
+        _: &Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let bytes: [u8; 8] = raw
+            .try_into()
+            .map_err(|_| format!("an xid8 of {} bytes instead of 8", raw.len()))?;
+        Ok(Xid8(u64::from_be_bytes(bytes)))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        ty.name() == "xid8"
+    }
+}
+
 /// Reads an `xid8` sent as text.
 pub(crate) fn parse_xid(text: &str) -> Result<u64> {
     text.parse().map_err(|_| {
@@ -478,6 +499,16 @@ mod tests {
             wake_channel("a\0b").unwrap_err().kind(),
             ErrorKind::InvalidChannel
         );
+    }
+
+    #[test]
+    fn xid8_binary_form() {
+        use tokio_postgres::types::FromSql;
+        let xid8 = Type::from_oid(5069).unwrap_or(Type::INT8);
+        let raw = 742u64.to_be_bytes();
+        assert_eq!(Xid8::from_sql(&xid8, &raw).unwrap().0, 742);
+        assert!(Xid8::from_sql(&xid8, &raw[..4]).is_err());
+        assert!(!Xid8::accepts(&Type::INT8));
     }
 
     #[test]

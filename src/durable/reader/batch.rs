@@ -9,7 +9,7 @@ use futures::stream::StreamExt;
 use tokio_postgres::{Client, Row, Statement};
 
 use super::super::Journal;
-use super::super::journal::{SCHEMA_VERSION, failed, newer_journal, parse_xid};
+use super::super::journal::{SCHEMA_VERSION, Xid8, failed, newer_journal, parse_xid};
 use super::super::stream::Queue;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fanout::{Block, BlockBuilder, Notification};
@@ -179,10 +179,10 @@ pub(super) async fn read(
             }
             outcome = Some(head);
         }
-        let Some(xid) = row.get::<_, Option<&str>>(4) else {
+        let Some(Xid8(xid)) = row.get::<_, Option<Xid8>>(4) else {
             continue;
         };
-        let position = Position::new(parse_xid(xid)?, row.get::<_, i64>(5) as u64);
+        let position = Position::new(xid, row.get::<_, i64>(5) as u64);
         if position <= previous {
             return Err(Error::new(
                 ErrorKind::Database,

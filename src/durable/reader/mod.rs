@@ -1,6 +1,11 @@
 //! The durable reader: one task per listener, with one connection of its own, that reads
 //! the journal for every durable subscription of the listener.
 //!
+//! Each durable channel has one wake-up subscription on the listener, shared by its
+//! durable subscriptions (each one's own, made by `subscribe_durable` so that LISTEN is
+//! active when it returns, is dropped when the channel has one already) and ended with
+//! the last of them.
+//!
 //! A subscription is *dirty* when the journal may hold entries for it: after it starts,
 //! after a wake-up (a `NOTIFY` on its wake channel, or `Reconnected`/`Lagged` of the wake
 //! subscription: a wake-up may have been missed), while a read returned a full batch,
@@ -43,7 +48,8 @@ use crate::fanout::Event;
 use crate::position::Position;
 use crate::random::SplitMix64;
 
-type WakeStream = Abortable<BoxStream<'static, (u64, Option<Event>)>>;
+/// The wake-up events of one durable channel (`None` when the listener closed).
+type WakeStream = Abortable<BoxStream<'static, (Arc<str>, Option<Event>)>>;
 
 /// One started durable subscription, as the reader sees it.
 struct Sub {
@@ -60,7 +66,6 @@ struct Sub {
     blocked: bool,
     /// Entries were held back at the last read.
     held: bool,
-    wake: AbortHandle,
 }
 
 struct Task {
@@ -71,6 +76,9 @@ struct Task {
     unsubscribe: mpsc::UnboundedReceiver<u64>,
     room: Arc<Notify>,
     wakes: SelectAll<WakeStream>,
+    /// One wake-up subscription per channel, shared by its durable subscriptions: how
+    /// many use it, and how to end it when none does.
+    wake_channels: HashMap<Arc<str>, (AbortHandle, usize)>,
     subs: HashMap<u64, Sub>,
     starting: Vec<Register>,
     conn: Option<Conn>,
@@ -95,6 +103,7 @@ impl Task {
             unsubscribe,
             room,
             wakes: SelectAll::new(),
+            wake_channels: HashMap::new(),
             subs: HashMap::new(),
             starting: Vec::new(),
             conn: None,
@@ -138,8 +147,8 @@ impl Task {
         while let Ok(id) = self.unsubscribe.try_recv() {
             self.remove(id);
         }
-        while let Some(Some((id, event))) = self.wakes.next().now_or_never() {
-            self.on_wake(id, event);
+        while let Some(Some((channel, event))) = self.wakes.next().now_or_never() {
+            self.on_wake(&channel, event);
         }
         if self.room.notified().now_or_never().is_some() {
             self.unblock();
@@ -163,8 +172,8 @@ impl Task {
                 None => self.commands_open = false,
             },
             Some(id) = self.unsubscribe.recv() => self.remove(id),
-            Some((id, event)) = self.wakes.next(), if !self.wakes.is_empty() => {
-                self.on_wake(id, event);
+            Some((channel, event)) = self.wakes.next(), if !self.wakes.is_empty() => {
+                self.on_wake(&channel, event);
             }
             () = self.room.notified() => self.unblock(),
             () = sleep => {
@@ -180,32 +189,49 @@ impl Task {
     }
 
     fn remove(&mut self, id: u64) {
-        if let Some(sub) = self.subs.remove(&id) {
-            sub.wake.abort();
-        }
+        self.drop_sub(id);
         self.starting.retain(|r| r.id != id);
     }
 
-    fn on_wake(&mut self, id: u64, event: Option<Event>) {
-        let Some(channel) = self.subs.get(&id).map(|s| s.channel.clone()) else {
-            return;
-        };
+    /// Forgets a subscription; its channel's wake-up subscription ends with the last
+    /// one that used it.
+    fn drop_sub(&mut self, id: u64) -> Option<Sub> {
+        let sub = self.subs.remove(&id)?;
+        if let Some((abort, users)) = self.wake_channels.get_mut(&sub.channel) {
+            *users -= 1;
+            if *users == 0 {
+                abort.abort();
+                self.wake_channels.remove(&sub.channel);
+            }
+        }
+        Some(sub)
+    }
+
+    fn on_wake(&mut self, channel: &Arc<str>, event: Option<Event>) {
         match event {
-            // The listener is closed: so is this subscription.
+            // The listener is closed (shut down, or it gave up reconnecting): so are this
+            // channel's subscriptions, and no new one can come; the reader ends with the
+            // last.
             None => {
-                if let Some(sub) = self.subs.remove(&id) {
-                    sub.queue.close();
-                }
+                self.wake_channels.remove(channel);
+                self.subs.retain(|_, sub| {
+                    let gone = sub.channel == *channel;
+                    if gone {
+                        sub.queue.close();
+                    }
+                    !gone
+                });
+                self.commands_open = false;
             }
             Some(Event::Error(error)) => {
-                if let Some(sub) = self.subs.get(&id) {
-                    sub.queue.push_error(error);
+                for sub in self.subs.values().filter(|s| s.channel == *channel) {
+                    sub.queue.push_error(error.clone());
                 }
             }
             // A wake-up, or one may have been missed (Reconnected, Lagged): read.
             Some(_) => {
                 for sub in self.subs.values_mut() {
-                    if sub.channel == channel {
+                    if sub.channel == *channel {
                         sub.dirty = true;
                     }
                 }
@@ -308,13 +334,26 @@ impl Task {
             match started {
                 Ok((cursor, from_beginning)) => {
                     let id = register.id;
-                    let (abort, registration) = AbortHandle::new_pair();
-                    let wake: BoxStream<'static, (u64, Option<Event>)> = register
-                        .wake
-                        .map(move |event| (id, Some(event)))
-                        .chain(futures::stream::once(async move { (id, None) }))
-                        .boxed();
-                    self.wakes.push(Abortable::new(wake, registration));
+                    let channel = register.channel.clone();
+                    match self.wake_channels.get_mut(&channel) {
+                        // The channel's wake-ups already come: this one's LISTEN (active,
+                        // which is what `subscribe_durable` waited for) is not needed.
+                        Some((_, users)) => {
+                            *users += 1;
+                            drop(register.wake);
+                        }
+                        None => {
+                            let (abort, registration) = AbortHandle::new_pair();
+                            let (events, end) = (channel.clone(), channel.clone());
+                            let wake: BoxStream<'static, (Arc<str>, Option<Event>)> = register
+                                .wake
+                                .map(move |event| (events.clone(), Some(event)))
+                                .chain(futures::stream::once(async move { (end, None) }))
+                                .boxed();
+                            self.wakes.push(Abortable::new(wake, registration));
+                            self.wake_channels.insert(channel, (abort, 1));
+                        }
+                    }
                     self.subs.insert(
                         id,
                         Sub {
@@ -326,7 +365,6 @@ impl Task {
                             dirty: true,
                             blocked: false,
                             held: false,
-                            wake: abort,
                         },
                     );
                     let _ = register.ack.send(Ok(()));
@@ -456,9 +494,7 @@ impl Task {
                     sub.queue
                         .push_error(pruned(&group.channel, group.cursor, h));
                     sub.queue.close();
-                    if let Some(sub) = self.subs.remove(&member.id) {
-                        sub.wake.abort();
-                    }
+                    self.drop_sub(member.id);
                     continue;
                 }
                 Some(h) if group.from_beginning && member.last.is_none() && h > sub.cursor => {

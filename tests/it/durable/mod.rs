@@ -679,3 +679,33 @@ async fn shutdown_closes_the_durable_readers_connection() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_of_one_channel_share_a_wake_up_that_ends_with_the_last() {
+    let url = shared_url();
+    let client = admin(&url).await;
+    let journal = own_journal(&client).await;
+    let channel = unique("dur_wake");
+    let wake = format!("{}{channel}", durable::WAKE_PREFIX);
+    let listener = Listener::connect(&url).await.unwrap();
+    let first = listener
+        .subscribe_durable_in(&journal, &channel, Cursor::Now)
+        .await
+        .unwrap();
+    let mut second = listener
+        .subscribe_durable_in(&journal, &channel, Cursor::Now)
+        .await
+        .unwrap();
+    assert!(listener.listening_channels().await.unwrap().contains(&wake));
+    // The first one, whose wake-up subscription the reader kept, goes: the second still
+    // hears live entries.
+    drop(first);
+    let p = journal.publish(&client, &channel, "live").await.unwrap();
+    assert_eq!(next_entry(&mut second).await.position(), Some(p));
+    drop(second);
+    eventually("nobody listens to the wake-up channel any more", || {
+        let (listener, wake) = (&listener, &wake);
+        async move { !listener.listening_channels().await.unwrap().contains(wake) }
+    })
+    .await;
+}
