@@ -4,9 +4,9 @@
 //! terminated every ~2 s: every committed entry arrives exactly once, none rolled back,
 //! never `Lagged`, in the journal's (transaction id, sequence) order.
 //!
-//! The issue asks for 20 s of this; it runs 8 s here (about 4 terminations of every
-//! listener connection and a few thousand transactions) to keep the suite short on a
-//! shared machine. `DURABLE_STRESS_SECS` sets another duration.
+//! It runs for 20 s, as the issue asks (about 10 terminations of every listener
+//! connection and tens of thousands of entries); `DURABLE_STRESS_SECS` sets another
+//! duration.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -83,7 +83,7 @@ async fn concurrent_out_of_order_commits_under_terminations_arrive_exactly_once_
     let seconds: u64 = std::env::var("DURABLE_STRESS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(20);
     let cluster = own_cluster().await;
     let url = cluster.url();
     let admin_client = admin(&url).await;
