@@ -270,7 +270,7 @@ fn latency(db: &Db, admin: &Admin, rt: &tokio::runtime::Runtime, journal: &Journ
         (listener, plain, durable)
     });
     let client = admin.client();
-    let block = n.min(250).max(1);
+    let block = n.clamp(1, 250);
     let measure =
         |busy: bool, mut plain: pglisten::Subscription, mut durable: DurableSubscription| {
             let (mut plain_all, mut durable_all, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
