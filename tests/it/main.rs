@@ -17,6 +17,7 @@ mod idle;
 mod json;
 mod layout;
 mod lifecycle;
+mod live;
 mod misbehaving;
 mod pooler;
 mod reconnect;
