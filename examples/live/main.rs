@@ -20,6 +20,8 @@
 //! reload after every gap (`Reconnected`, `Lagged`). See `server.rs` for how the
 //! snapshot and the stream fit together without missing or repeating a change.
 
+// `server::apply_in` is for the test and the benchmark, which include the module too.
+#[allow(unused_imports)]
 mod server;
 
 use std::time::Duration;

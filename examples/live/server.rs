@@ -39,65 +39,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use futures::stream::{self, BoxStream, StreamExt};
-use pglisten::durable::{self, Cursor, Position};
-use pglisten::tokio_postgres::{self, Client, NoTls, Transaction};
-use pglisten::{ErrorKind, Event, Listener};
+use pglisten::durable::Position;
+use pglisten::tokio_postgres::{self, Client, NoTls};
+use pglisten::{ErrorKind, Listener};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
+
+#[path = "hub.rs"]
+mod hub;
+#[path = "table.rs"]
+mod table;
+
+use hub::Hub;
+use table::SNAPSHOT;
+pub use table::{Change, apply, apply_in, setup};
 
 /// Errors of the example, shown to the user as text.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The durable channel, and the plain channel, on which every change is published.
 pub const CHANNEL: &str = "live_items";
-
-/// The table, its version stamp, and the journal (installed separately).
-const SCHEMA: &str = "
-    SELECT pg_advisory_xact_lock(hashtext('pglisten.examples.live'));
-    CREATE SCHEMA IF NOT EXISTS live;
-    CREATE SEQUENCE IF NOT EXISTS live.versions;
-    CREATE TABLE IF NOT EXISTS live.items (
-        id integer PRIMARY KEY,
-        name text NOT NULL,
-        qty integer NOT NULL,
-        version bigint NOT NULL DEFAULT 0);
-    -- BEFORE row triggers run once the row is locked: a later writer of a row always
-    -- takes a larger version than the one it waited for.
-    CREATE OR REPLACE FUNCTION live.stamp() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        NEW.version := nextval('live.versions');
-        RETURN NEW;
-    END $$;
-    DROP TRIGGER IF EXISTS stamp ON live.items;
-    CREATE TRIGGER stamp BEFORE INSERT OR UPDATE ON live.items
-        FOR EACH ROW EXECUTE FUNCTION live.stamp();
-";
-
-const UPSERT: &str = "
-    INSERT INTO live.items AS i (id, name, qty) VALUES ($1, $2, $3)
-    ON CONFLICT (id) DO UPDATE SET name = excluded.name, qty = excluded.qty
-    RETURNING json_build_object('id', i.id, 'name', i.name, 'qty', i.qty,
-        'version', i.version, 'xid', pg_current_xact_id()::text)::text";
-
-const DELETE: &str = "
-    DELETE FROM live.items WHERE id = $1
-    RETURNING json_build_object('id', id, 'deleted', true,
-        'version', nextval('live.versions'), 'xid', pg_current_xact_id()::text)::text";
-
-/// One statement, so one snapshot for the rows and for `pg_current_snapshot()`.
-const SNAPSHOT: &str = "
-    SELECT pg_current_snapshot()::text,
-           pg_snapshot_xmin(pg_current_snapshot())::text,
-           coalesce((SELECT json_agg(json_build_object('id', id, 'name', name, 'qty', qty,
-                                                       'version', version) ORDER BY id)
-                     FROM live.items), '[]')::text";
 
 /// Which subscription the server serves the page from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,48 +98,6 @@ impl Mode {
     }
 }
 
-/// A change to one row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// Insert or update row `id`.
-    Set { id: i32, name: String, qty: i32 },
-    /// Delete row `id` (nothing is published if there is none).
-    Delete { id: i32 },
-}
-
-/// Creates the table and installs the durable journal (idempotent).
-pub async fn setup(client: &Client) -> Result<(), BoxError> {
-    durable::install(client).await?;
-    let tx_sql = format!("BEGIN; {SCHEMA} COMMIT;");
-    client.batch_execute(&tx_sql).await?;
-    Ok(())
-}
-
-/// Makes `changes` in one transaction and publishes each changed row, durably and as a
-/// plain notification; both are delivered if and only if the transaction commits.
-pub async fn apply(client: &mut Client, changes: &[Change]) -> Result<(), BoxError> {
-    let tx = client.transaction().await?;
-    apply_in(&tx, changes).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// [`apply`] inside a transaction of the caller's (published if it commits).
-pub async fn apply_in(tx: &Transaction<'_>, changes: &[Change]) -> Result<(), BoxError> {
-    for change in changes {
-        let rows = match change {
-            Change::Set { id, name, qty } => tx.query(UPSERT, &[id, name, qty]).await?,
-            Change::Delete { id } => tx.query(DELETE, &[id]).await?,
-        };
-        for row in rows {
-            let payload: String = row.get(0);
-            durable::publish(tx, CHANNEL, &payload).await?;
-            pglisten::notify(tx, CHANNEL, &payload).await?;
-        }
-    }
-    Ok(())
-}
-
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
@@ -183,6 +110,8 @@ pub struct Server {
 #[derive(Debug)]
 struct App {
     listener: Listener,
+    /// The one subscription every caught-up browser is served from.
+    hub: Arc<Hub>,
     mode: Mode,
     url: String,
     /// The connection snapshots are read on (made again when lost).
@@ -194,13 +123,21 @@ struct App {
 /// Starts serving on `socket` from one new [`Listener`] on `url`.
 pub async fn start(url: &str, mode: Mode, socket: TcpListener) -> Result<Server, BoxError> {
     let listener = Listener::connect(url).await?;
+    let db = connect(url).await?;
+    let hub = match mode {
+        // From just before every transaction still running: pages that load a
+        // snapshot from now on are all after that.
+        Mode::Durable => Hub::durable(&listener, read_position(&db).await?).await?,
+        Mode::Plain => Hub::plain(&listener).await?,
+    };
     let (stop, stopped) = watch::channel(false);
     let addr = socket.local_addr()?;
     let app = Arc::new(App {
         listener: listener.clone(),
+        hub,
         mode,
         url: url.to_owned(),
-        db: Mutex::new(None),
+        db: Mutex::new(Some(db)),
         stop: stopped.clone(),
         page: include_str!("page.html").replace("__MODE__", mode.name()),
     });
@@ -211,6 +148,11 @@ pub async fn start(url: &str, mode: Mode, socket: TcpListener) -> Result<Server,
         .with_state(app);
     let mut shutdown = stopped;
     let task = tokio::spawn(async move {
+        // No Nagle: an event is written as soon as it is ready, not held back until the
+        // browser acknowledges the previous one (up to 40 ms with delayed ACKs).
+        let socket = socket.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(socket, router)
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|&stop| stop).await;
@@ -269,11 +211,7 @@ async fn read_snapshot(app: &App) -> Result<String, BoxError> {
         attempt += 1;
         let client = match db.take() {
             Some(client) if !client.is_closed() => client,
-            _ => {
-                let (client, connection) = tokio_postgres::connect(&app.url, NoTls).await?;
-                tokio::spawn(connection);
-                client
-            }
+            _ => connect(&app.url).await?,
         };
         match client.query_one(SNAPSHOT, &[]).await {
             Ok(row) => {
@@ -294,7 +232,52 @@ async fn read_snapshot(app: &App) -> Result<String, BoxError> {
     }
 }
 
-type Events = BoxStream<'static, SseEvent>;
+async fn connect(url: &str) -> Result<Client, BoxError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// `(xmin - 1, max)` of a snapshot taken now: every entry after it is of a
+/// transaction still running or not begun.
+async fn read_position(db: &Client) -> Result<Position, BoxError> {
+    let row = db
+        .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+        .await?;
+    let xmin: u64 = row.get::<_, String>(0).parse()?;
+    Ok(Position::new(xmin - 1, u64::MAX))
+}
+
+/// Whether `position` names a transaction this server has started (a position from
+/// another server, or made up, would wait for ever).
+async fn check_position(app: &App, position: Position) -> Result<(), (StatusCode, String)> {
+    let unavailable = |e: &dyn std::fmt::Display| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let mut db = app.db.lock().await;
+    let client = match db.take() {
+        Some(client) if !client.is_closed() => client,
+        _ => connect(&app.url).await.map_err(|e| unavailable(&e))?,
+    };
+    let next = client
+        .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+        .await
+        .map_err(|e| unavailable(&e))?
+        .get::<_, String>(0);
+    *db = Some(client);
+    let next: u64 = next.parse().map_err(|e| unavailable(&e))?;
+    if position.transaction_id() >= next {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "position {position} is from the future: transaction {} has not started on \
+                 this server (next is {next})",
+                position.transaction_id()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+type Events = BoxStream<'static, Bytes>;
 
 async fn events(
     State(app): State<Arc<App>>,
@@ -303,36 +286,44 @@ async fn events(
 ) -> Response {
     let stream = match app.mode {
         Mode::Durable => durable_events(&app, query.as_deref(), &headers).await,
-        Mode::Plain => plain_events(&app).await,
+        Mode::Plain => plain_events(&app),
     };
     let stream = match stream {
         Ok(stream) => stream,
         Err((status, message)) => return (status, message).into_response(),
     };
+    // `retry`: a browser that loses the stream reconnects after half a second.
+    let ready = format!("event: ready\nretry: 500\ndata: {}\n\n", app.mode.name());
+    // A comment now and then, so that a dead connection is noticed by both ends.
+    let period = Duration::from_secs(15);
+    let keep_alive = stream::unfold(
+        tokio::time::interval_at(tokio::time::Instant::now() + period, period),
+        |mut ticks| async move {
+            ticks.tick().await;
+            Some((Some(Bytes::from_static(b":\n\n")), ticks))
+        },
+    );
+    let events = stream::once(std::future::ready(Bytes::from(ready)))
+        .chain(stream)
+        .map(Some)
+        // The end of the events ends the response (the keep-alive never ends).
+        .chain(stream::once(std::future::ready(None)));
     let mut stop = app.stop.clone();
-    let stream = stream
+    let body = stream::select(events, keep_alive)
+        .take_while(|item| std::future::ready(item.is_some()))
+        .filter_map(std::future::ready)
         .take_until(async move {
             let _ = stop.wait_for(|&stop| stop).await;
         })
         .map(Ok::<_, Infallible>);
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
         .into_response()
-}
-
-/// The first event: the subscription is active. `retry` makes a browser reconnect
-/// half a second after losing the stream (instead of its default of a few seconds).
-fn ready(mode: Mode) -> SseEvent {
-    SseEvent::default()
-        .event("ready")
-        .retry(Duration::from_millis(500))
-        .data(mode.name())
-}
-
-/// Tells the page to read a snapshot again. (Its data is not empty: browsers drop
-/// events without data.)
-fn reload() -> SseEvent {
-    SseEvent::default().event("reload").data("reload")
 }
 
 /// Resumes after `Last-Event-ID` (a reconnecting browser) or `?after=` (a fresh page).
@@ -364,9 +355,9 @@ async fn durable_events(
     let position: Position = text
         .parse()
         .map_err(|e: pglisten::Error| bad(e.to_string()))?;
-    let subscription = app
-        .listener
-        .subscribe_durable(CHANNEL, Cursor::After(position))
+    check_position(app, position).await?;
+    app.hub
+        .follow_durable(&app.listener, position)
         .await
         .map_err(|e| {
             let status = match e.kind() {
@@ -375,43 +366,14 @@ async fn durable_events(
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             (status, e.to_string())
-        })?;
-    let changes = subscription.filter_map(|event| {
-        std::future::ready(match event {
-            Event::Notification(n) => n.position().map(|position| {
-                SseEvent::default()
-                    .event("change")
-                    .id(position.to_string())
-                    .data(n.payload())
-            }),
-            // Entries after the position are gone: the page must start again.
-            Event::Error(e) if e.kind() == ErrorKind::Pruned => Some(reload()),
-            // Anything else is caught up by the subscription itself.
-            _ => None,
         })
-    });
-    Ok(stream::once(std::future::ready(ready(Mode::Durable)))
-        .chain(changes)
-        .boxed())
 }
 
-/// Subscribes before answering: once the page gets `ready`, a snapshot it reads misses
-/// nothing that comes later.
-async fn plain_events(app: &App) -> Result<Events, (StatusCode, String)> {
-    let subscription = app
-        .listener
-        .subscribe([CHANNEL])
-        .await
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let changes = subscription.filter_map(|event| {
-        std::future::ready(match event {
-            Event::Notification(n) => Some(SseEvent::default().event("change").data(n.payload())),
-            // A gap: notifications may be lost, so the page reads a snapshot again.
-            Event::Reconnected(_) | Event::Lagged(_) => Some(reload()),
-            _ => None,
-        })
-    });
-    Ok(stream::once(std::future::ready(ready(Mode::Plain)))
-        .chain(changes)
-        .boxed())
+/// The hub's plain subscription is active: once the page gets `ready`, a snapshot it
+/// reads misses nothing that comes later.
+fn plain_events(app: &App) -> Result<Events, (StatusCode, String)> {
+    app.hub.follow_plain().ok_or((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server's subscription has ended".to_owned(),
+    ))
 }

@@ -17,10 +17,22 @@ use tokio::process::{Child, Command};
 
 use crate::support::WAIT;
 
-/// A browser session; the driver (and its browser) is killed when this is dropped.
+/// A browser session. Dropping it (also when a test fails) kills chromedriver and the
+/// Chromium it started: they run in a process group of their own.
 pub struct Browser {
     pub client: Client,
-    _driver: Child,
+    driver: Child,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// `name` in `/usr/bin` or on `PATH`.
@@ -62,6 +74,7 @@ pub async fn start() -> Option<Browser> {
         .port();
     let driver = Command::new(driver)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -72,7 +85,7 @@ pub async fn start() -> Option<Browser> {
             "binary": chromium,
             // --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=820,560"],
+                     "--disable-dev-shm-usage", "--window-size=820,700"],
         }
     });
     let Value::Object(capabilities) = capabilities else {
@@ -94,10 +107,7 @@ pub async fn start() -> Option<Browser> {
             Err(e) => panic!("could not start a Chromium session through chromedriver: {e}"),
         }
     };
-    Some(Browser {
-        client,
-        _driver: driver,
-    })
+    Some(Browser { client, driver })
 }
 
 /// One table row as the page shows it: id, name, qty, version.

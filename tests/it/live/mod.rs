@@ -10,7 +10,8 @@
 mod browser;
 mod http;
 
-#[allow(dead_code)]
+// Not every item of the example is used here.
+#[allow(dead_code, unused_imports)]
 #[path = "../../../examples/live/server.rs"]
 mod server;
 
