@@ -473,6 +473,8 @@ mod tests {
     #[test]
     fn schema_is_quoted() {
         let journal = Journal::new("we\"ird");
-        assert!(journal.sql().publish.contains("\"we\"\"ird\".journal"));
+        // publish calls the schema's function; the table is named in install.
+        assert!(journal.sql().publish.contains("\"we\"\"ird\".publish("));
+        assert!(journal.sql().install.contains("\"we\"\"ird\".journal"));
     }
 }
