@@ -1,9 +1,10 @@
 //! The live page's web server: one [`Listener`] for every browser, a snapshot endpoint,
 //! and a Server-Sent Events endpoint per browser.
 //!
-//! Self-contained, so that the browser test (`tests/it/live_page.rs`) and the load
-//! benchmark (`benches/live.rs`) run exactly this code (they include this file with
-//! `#[path]`).
+//! With its two modules, `table.rs` (the table and how it is changed) and `hub.rs` (one
+//! subscription fanned out to every browser), it is self-contained, so that the browser
+//! test (`tests/it/live/`) and the load benchmark (`benches/live.rs`) run exactly this
+//! code (they include this file with `#[path]`).
 //!
 //! # How the page never misses or double-applies a change
 //!
@@ -23,10 +24,10 @@
 //!   few events whose `xid` the snapshot shows as visible. Each event's SSE `id` is its
 //!   durable position; a reconnecting `EventSource` sends it back as `Last-Event-ID` and
 //!   the server resumes right after it with `Cursor::After`.
-//! - **plain mode**: opens `/api/events` first; the server subscribes (LISTEN is active
-//!   when it sends `ready`), then the page fetches the snapshot, and applies the events
-//!   that came meanwhile with the same visibility rule. On `Reconnected` or `Lagged` the
-//!   server sends `reload`, and the page does the same again.
+//! - **plain mode**: opens `/api/events` first; the server's subscription is active
+//!   (LISTEN) when it sends `ready`, then the page fetches the snapshot, and applies the
+//!   events that came meanwhile with the same visibility rule. On `Reconnected` or
+//!   `Lagged` the server sends `reload`, and the page does the same again.
 //!
 //! Durable positions are in transaction-id order, which is not commit order; the row
 //! `version` puts two changes of one row back in commit order (the page keeps the newest,
@@ -122,7 +123,12 @@ struct App {
 
 /// Starts serving on `socket` from one new [`Listener`] on `url`.
 pub async fn start(url: &str, mode: Mode, socket: TcpListener) -> Result<Server, BoxError> {
-    let listener = Listener::connect(url).await?;
+    // Entries held back by a transaction still open are read again after 10 ms instead
+    // of 50: one query for the hub, not one per browser.
+    let listener = Listener::builder(url)
+        .durable_retry(Duration::from_millis(10))
+        .connect()
+        .await?;
     let db = connect(url).await?;
     let hub = match mode {
         // From just before every transaction still running: pages that load a
