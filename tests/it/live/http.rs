@@ -35,3 +35,40 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16
         .to_owned();
     (status, body)
 }
+
+/// The ids of the first `n` `change` events of `GET path` (an event stream), read with
+/// `Last-Event-ID: last_id` when given.
+pub async fn change_ids(
+    addr: SocketAddr,
+    path: &str,
+    last_id: Option<&str>,
+    n: usize,
+) -> Vec<String> {
+    let exchange = async {
+        let mut socket = TcpStream::connect(addr).await.expect("connect");
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+        if let Some(id) = last_id {
+            request.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        request.push_str("\r\n");
+        socket.write_all(request.as_bytes()).await.expect("send");
+        let mut text = String::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let ids: Vec<String> = text
+                .split("event: change\nid: ")
+                .skip(1)
+                .filter_map(|rest| rest.split_once('\n').map(|(id, _)| id.to_owned()))
+                .collect();
+            if ids.len() >= n {
+                return ids[..n].to_vec();
+            }
+            let read = socket.read(&mut buffer).await.expect("read");
+            assert!(read > 0, "the stream ended: {text}");
+            text.push_str(&String::from_utf8_lossy(&buffer[..read]));
+        }
+    };
+    tokio::time::timeout(WAIT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{n} change events from {path} took longer than {WAIT:?}"))
+}

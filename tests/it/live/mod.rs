@@ -290,6 +290,49 @@ async fn a_bad_last_event_id_is_a_clear_400() {
     live.stop().await.expect("stop");
 }
 
+/// A browser that comes back while the server runs is served from the hub's ring:
+/// exactly the events after its Last-Event-ID, also from the middle of a transaction.
+#[tokio::test]
+async fn a_returning_browser_gets_exactly_the_events_after_its_id() {
+    let (_cluster, mut db, live) = serve(Mode::Durable).await;
+    server::apply(&mut db, &[set(1, "a", 1), set(2, "b", 2), set(3, "c", 3)])
+        .await
+        .unwrap();
+    server::apply(&mut db, &[set(4, "d", 4)]).await.unwrap();
+    let published: Vec<String> = db
+        .query(
+            "SELECT xid::text, seq FROM pglisten.journal WHERE channel = $1 ORDER BY xid, seq",
+            &[&server::CHANNEL],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let xid: String = r.get(0);
+            let seq: i64 = r.get(1);
+            pglisten::durable::Position::new(xid.parse().unwrap(), seq as u64).to_string()
+        })
+        .collect();
+    // The last four: the seed's five entries were published before the server started.
+    let ours = &published[published.len() - 4..];
+    // From a position before the server started (the seed's last entry): older than
+    // the hub, so on a durable subscription of its own. It also waits until they are
+    // deliverable.
+    let ids = http::change_ids(
+        live.addr(),
+        &format!("/api/events?after={}", published[4]),
+        None,
+        4,
+    )
+    .await;
+    assert_eq!(ids, ours);
+    // After the first entry of the three-change transaction: from the hub's ring, the
+    // other two (a batch cut in the middle), then the 4th.
+    let ids = http::change_ids(live.addr(), "/api/events", Some(&ours[0]), 3).await;
+    assert_eq!(ids, &ours[1..]);
+    live.stop().await.expect("stop");
+}
+
 /// The page's first position is `(xmin - 1, u64::MAX)`; the durable reader used to send
 /// the sequence as `u64 as i64` (-1), which put every entry of that transaction after it.
 #[tokio::test]
