@@ -514,7 +514,8 @@ mod tests {
     #[test]
     fn schema_is_quoted() {
         let journal = Journal::new("we\"ird");
+        // publish calls the schema's function; the table is named in install.
         assert!(journal.sql().publish.contains("\"we\"\"ird\".publish("));
-        assert!(journal.sql().read.contains("\"we\"\"ird\".journal"));
+        assert!(journal.sql().install.contains("\"we\"\"ird\".journal"));
     }
 }

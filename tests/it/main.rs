@@ -18,6 +18,7 @@ mod idle;
 mod json;
 mod layout;
 mod lifecycle;
+mod live;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod misbehaving;

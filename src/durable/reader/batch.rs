@@ -141,7 +141,9 @@ pub(super) async fn read(
 ) -> Result<Outcome> {
     let limit = group.members.iter().map(|m| m.room).max().unwrap_or(0) as i64;
     let xid = group.cursor.transaction_id().to_string();
-    let seq = group.cursor.sequence() as i64;
+    // Journal sequence numbers are bigints: a cursor past i64::MAX (a valid Position)
+    // is after every one of them, as i64::MAX is; `as i64` would wrap it to negative.
+    let seq = i64::try_from(group.cursor.sequence()).unwrap_or(i64::MAX);
     let channel: &str = &group.channel;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
         [&channel, &xid, &seq, &limit, &MAX_BATCH_BYTES];

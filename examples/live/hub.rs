@@ -1,0 +1,282 @@
+//! The fan-out: ONE subscription of the server's listener, each change written as SSE
+//! text once and shared (`Bytes`) by every browser that is caught up.
+//!
+//! A subscription per browser works too (and is what a browser that is behind gets),
+//! but then every change is read, queued, formatted and framed once per browser; with a
+//! thousand browsers that is most of the server's work. Here the hub keeps the last
+//! batches in a ring, so a browser that joins (or comes back) at a position the ring
+//! covers is served from it and then live; one that is further behind, or falls behind
+//! the broadcast, reads on a durable subscription of its own from its last position.
+//! Nothing is missed either way: the durable order is the same for everyone.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use pglisten::durable::{Cursor, Position};
+use pglisten::{ErrorKind, Event, Listener};
+use tokio::sync::broadcast;
+
+use super::CHANNEL;
+
+/// Batches kept for browsers that join, and queued per browser before it lags.
+const RING: usize = 1024;
+
+/// Tells the page to read a snapshot again. (Its data is not empty: browsers drop
+/// events without data.)
+pub const RELOAD: &str = "event: reload\ndata: reload\n\n";
+
+/// One change as an SSE event; `id` is its durable position, if it has one.
+pub fn change_event(position: Option<Position>, payload: &str) -> Bytes {
+    let data = payload.replace('\n', "\ndata: ");
+    Bytes::from(match position {
+        Some(p) => format!("event: change\nid: {p}\ndata: {data}\n\n"),
+        None => format!("event: change\ndata: {data}\n\n"),
+    })
+}
+
+/// What the subscription had ready at once, formatted.
+#[derive(Debug)]
+pub struct Batch {
+    /// Each event with its position (durable mode).
+    events: Vec<(Option<Position>, Bytes)>,
+    /// All of them, one buffer.
+    joined: Bytes,
+    last: Option<Position>,
+}
+
+/// What a browser joining gets: the ring's events after its position, the last
+/// position among them, and a receiver of the batches to come.
+type Joined = (
+    Vec<Bytes>,
+    Option<Position>,
+    broadcast::Receiver<Arc<Batch>>,
+);
+
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    ring: VecDeque<Arc<Batch>>,
+    /// Durable mode: every entry after it is in the ring, or still to come.
+    horizon: Option<Position>,
+    /// `None` once the hub's subscription ended.
+    sender: Option<broadcast::Sender<Arc<Batch>>>,
+}
+
+impl Hub {
+    /// A hub on a durable subscription from `after`.
+    pub async fn durable(listener: &Listener, after: Position) -> pglisten::Result<Arc<Hub>> {
+        let subscription = listener
+            .subscribe_durable(CHANNEL, Cursor::After(after))
+            .await?;
+        let events = subscription.filter_map(|event| {
+            std::future::ready(match event {
+                Event::Notification(n) => {
+                    Some((n.position(), change_event(n.position(), n.payload())))
+                }
+                _ => None,
+            })
+        });
+        Ok(Hub::spawn(events.boxed(), Some(after)))
+    }
+
+    /// A hub on a plain subscription: a gap becomes a `reload` for every browser.
+    pub async fn plain(listener: &Listener) -> pglisten::Result<Arc<Hub>> {
+        let subscription = listener.subscribe([CHANNEL]).await?;
+        let events = subscription.filter_map(|event| {
+            std::future::ready(match event {
+                Event::Notification(n) => Some((None, change_event(None, n.payload()))),
+                Event::Reconnected(_) | Event::Lagged(_) => {
+                    Some((None, Bytes::from_static(RELOAD.as_bytes())))
+                }
+                _ => None,
+            })
+        });
+        Ok(Hub::spawn(events.boxed(), None))
+    }
+
+    fn spawn(
+        events: BoxStream<'static, (Option<Position>, Bytes)>,
+        horizon: Option<Position>,
+    ) -> Arc<Hub> {
+        let (sender, _) = broadcast::channel(RING);
+        let hub = Arc::new(Hub {
+            state: Mutex::new(State {
+                ring: VecDeque::new(),
+                horizon,
+                sender: Some(sender),
+            }),
+        });
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            let mut batches = events.ready_chunks(RING);
+            while let Some(events) = batches.next().await {
+                let Some(hub) = weak.upgrade() else { return };
+                let mut joined = Vec::with_capacity(events.iter().map(|e| e.1.len()).sum());
+                for (_, text) in &events {
+                    joined.extend_from_slice(text);
+                }
+                let last = events.iter().rev().find_map(|e| e.0);
+                hub.publish(Batch {
+                    events,
+                    joined: Bytes::from(joined),
+                    last,
+                });
+            }
+            if let Some(hub) = weak.upgrade() {
+                hub.lock().sender = None;
+            }
+        });
+        hub
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Under the lock, so a browser joining sees each batch either in the ring or on
+    /// its receiver, never both and never neither.
+    fn publish(&self, batch: Batch) {
+        let batch = Arc::new(batch);
+        let mut state = self.lock();
+        state.ring.push_back(batch.clone());
+        if state.ring.len() > RING
+            && let Some(old) = state.ring.pop_front()
+            && old.last.is_some()
+        {
+            state.horizon = old.last;
+        }
+        if let Some(sender) = &state.sender {
+            let _ = sender.send(batch);
+        }
+    }
+
+    /// The events after `after` from the ring, and a receiver of what comes next; `None`
+    /// when the ring does not reach back that far (or the hub has stopped).
+    /// With the events, the last position among them (`after` when there are none).
+    fn join(&self, after: Option<Position>) -> Option<Joined> {
+        let state = self.lock();
+        let receiver = state.sender.as_ref()?.subscribe();
+        let Some(after) = after else {
+            return Some((Vec::new(), None, receiver));
+        };
+        if state.horizon.is_none_or(|horizon| horizon > after) {
+            return None;
+        }
+        let mut backlog = Vec::new();
+        let mut last = after;
+        for batch in state
+            .ring
+            .iter()
+            .filter(|b| b.last.is_some_and(|l| l > after))
+        {
+            last = batch.last.unwrap_or(last);
+            if batch
+                .events
+                .first()
+                .and_then(|e| e.0)
+                .is_some_and(|p| p > after)
+            {
+                backlog.push(batch.joined.clone());
+            } else {
+                backlog.extend(
+                    batch
+                        .events
+                        .iter()
+                        .filter(|e| e.0.is_some_and(|p| p > after))
+                        .map(|e| e.1.clone()),
+                );
+            }
+        }
+        Some((backlog, Some(last), receiver))
+    }
+
+    /// A browser's events after `after` (durable mode): from the hub if it reaches back
+    /// that far, else (and whenever it falls behind the hub) from a durable
+    /// subscription of its own.
+    pub async fn follow_durable(
+        self: &Arc<Hub>,
+        listener: &Listener,
+        after: Position,
+    ) -> pglisten::Result<BoxStream<'static, Bytes>> {
+        let Some((backlog, last, receiver)) = self.join(Some(after)) else {
+            return own_durable(listener, after).await;
+        };
+        let last = last.unwrap_or(after);
+        enum Feed {
+            Hub(broadcast::Receiver<Arc<Batch>>),
+            Own(BoxStream<'static, Bytes>),
+            Done,
+        }
+        let listener = listener.clone();
+        let live = stream::unfold((Feed::Hub(receiver), last), move |(mut feed, mut last)| {
+            let listener = listener.clone();
+            async move {
+                loop {
+                    match &mut feed {
+                        Feed::Hub(receiver) => match receiver.recv().await {
+                            Ok(batch) => {
+                                last = batch.last.unwrap_or(last);
+                                return Some((batch.joined.clone(), (feed, last)));
+                            }
+                            // Behind the hub, or the hub stopped: on its own from here.
+                            Err(_) => match own_durable(&listener, last).await {
+                                Ok(own) => feed = Feed::Own(own),
+                                Err(_) => {
+                                    let reload = Bytes::from_static(RELOAD.as_bytes());
+                                    return Some((reload, (Feed::Done, last)));
+                                }
+                            },
+                        },
+                        Feed::Own(own) => return own.next().await.map(|b| (b, (feed, last))),
+                        Feed::Done => return None,
+                    }
+                }
+            }
+        });
+        Ok(stream::iter(backlog).chain(live).boxed())
+    }
+
+    /// A browser's events (plain mode); falling behind the hub is a gap: `reload`.
+    pub fn follow_plain(self: &Arc<Hub>) -> Option<BoxStream<'static, Bytes>> {
+        let (_, _, receiver) = self.join(None)?;
+        let live = stream::unfold(receiver, |mut receiver| async move {
+            match receiver.recv().await {
+                Ok(batch) => Some((batch.joined.clone(), receiver)),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Some((Bytes::from_static(RELOAD.as_bytes()), receiver))
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        });
+        Some(live.boxed())
+    }
+}
+
+/// A durable subscription of the browser's own, after `after`.
+pub async fn own_durable(
+    listener: &Listener,
+    after: Position,
+) -> pglisten::Result<BoxStream<'static, Bytes>> {
+    let subscription = listener
+        .subscribe_durable(CHANNEL, Cursor::After(after))
+        .await?;
+    Ok(subscription
+        .filter_map(|event| {
+            std::future::ready(match event {
+                Event::Notification(n) => Some(change_event(n.position(), n.payload())),
+                // Entries after the position are gone: the page must start again.
+                Event::Error(e) if e.kind() == ErrorKind::Pruned => {
+                    Some(Bytes::from_static(RELOAD.as_bytes()))
+                }
+                // Anything else is caught up by the subscription itself.
+                _ => None,
+            })
+        })
+        .boxed())
+}
