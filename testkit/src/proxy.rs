@@ -48,6 +48,8 @@ enum Mode {
     Pass,
     Stall,
     Latency(Duration),
+    /// New connections are reset at once; existing ones forward as in `Pass`.
+    Refuse,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +147,15 @@ impl FaultProxy {
         self.set_mode(Mode::Stall);
     }
 
+    /// Refuses new connections: each one is reset (RST) as soon as it is accepted, as a
+    /// firewall rejecting them would; the client's first read fails at once with a reset
+    /// (the TCP handshake itself completes: the kernel accepts before the proxy sees the
+    /// connection). Connections already open go on forwarding (combine with
+    /// [`cut`](Self::cut) to end them too). [`pass`](Self::pass) ends it.
+    pub fn refuse(&self) {
+        self.set_mode(Mode::Refuse);
+    }
+
     /// Forwards with `delay` added to every chunk, in each direction (so a round trip
     /// takes at least `2 * delay` longer). Ends a stall. Chunks keep their order; a
     /// chunk read before a change keeps the delay it was read with.
@@ -192,6 +203,12 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Sh
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
+                    if shared.control.borrow().mode == Mode::Refuse {
+                        // A reset, not a close: the client's connect fails at once.
+                        let _ = client.set_zero_linger();
+                        drop(client);
+                        continue;
+                    }
                     // Cuts from here on apply to this connection.
                     let epoch = shared.control.borrow().cut_epoch;
                     shared.accepted.fetch_add(1, Ordering::SeqCst);
@@ -278,7 +295,7 @@ where
         let stalled = mode == Mode::Stall;
         let delay = match mode {
             Mode::Latency(delay) => delay,
-            Mode::Pass | Mode::Stall => Duration::ZERO,
+            Mode::Pass | Mode::Stall | Mode::Refuse => Duration::ZERO,
         };
         let due = held.front().map(|(due, _)| *due);
         tokio::select! {
@@ -460,6 +477,26 @@ mod tests {
         let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(round_trip(&mut again, b"y").await, b"y");
         assert_eq!(proxy.accepted(), 2);
+    }
+
+    #[tokio::test]
+    async fn refuse_resets_new_connections_until_pass() {
+        let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+        let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut open, b"a").await, b"a");
+        proxy.refuse();
+        let mut refused = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, refused.read(&mut buf))
+            .await
+            .expect("the refusal is seen at once");
+        let err = read.expect_err("a reset, not data or an orderly close");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        // The connection opened before goes on.
+        assert_eq!(round_trip(&mut open, b"b").await, b"b");
+        proxy.pass();
+        let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut again, b"c").await, b"c");
     }
 
     #[tokio::test]

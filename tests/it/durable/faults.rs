@@ -13,6 +13,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_committed_during_a_cut_arrive_after_it() {
+    // (A cut that refuses new connections: each attempt during it fails at once.)
     let cluster = own_cluster().await;
     let (proxy, proxied) = proxy_to(&cluster).await;
     let direct = admin(&cluster.url()).await;
@@ -31,8 +32,8 @@ async fn entries_committed_during_a_cut_arrive_after_it() {
     let first = journal.publish(&direct, channel, "before").await.unwrap();
     assert_eq!(next_entry(&mut sub).await.position(), Some(first));
 
-    // Every connection through the proxy is reset, and new ones get nowhere.
-    proxy.stall();
+    // Every connection through the proxy is reset, and new ones are refused.
+    proxy.refuse();
     proxy.cut();
     let mut during = Vec::new();
     for i in 0..5 {
