@@ -6,6 +6,7 @@
 //! checks `pg_is_in_recovery()`: a standby cannot LISTEN, so it counts as a failed host.
 //! The first primary wins. Failures are put in words by `diagnose`.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -199,22 +200,29 @@ impl ConnectConfig {
 
     /// One call of the connect hook within the step timeout.
     async fn connect_with_hook(&self, hook: &ConnectHook) -> Result<Established> {
-        let attempt = connect_hooked(hook);
+        self.bounded(connect_hooked(hook), |bound| {
+            format!(
+                "the connect hook did not deliver a connection within {bound:?}: check \
+                 that the server is reachable, or raise the bound \
+                 (ListenerBuilder::connect_timeout)"
+            )
+        })
+        .await?
+    }
+
+    /// Runs `step` within the step timeout; past it, a [`ErrorKind::Timeout`] error
+    /// with the message `late` words for the bound. No bound: `step` as it is.
+    pub(crate) async fn bounded<T>(
+        &self,
+        step: impl Future<Output = T>,
+        late: impl FnOnce(Duration) -> String,
+    ) -> Result<T> {
         let Some(bound) = self.step_timeout() else {
-            return attempt.await;
+            return Ok(step.await);
         };
-        tokio::time::timeout(bound, attempt)
+        tokio::time::timeout(bound, step)
             .await
-            .unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "the connect hook did not deliver a connection within {bound:?}: check \
-                         that the server is reachable, or raise the bound \
-                         (ListenerBuilder::connect_timeout)"
-                    ),
-                ))
-            })
+            .map_err(|_| Error::new(ErrorKind::Timeout, late(bound)))
     }
 
     /// The driver's settings with fresh credentials, and the TLS connector.
@@ -258,22 +266,14 @@ impl ConnectConfig {
         host: &HostEntry,
         connector: Option<&Connector>,
     ) -> Result<Established> {
-        let attempt = self.connect_host(base, host, connector);
-        let Some(bound) = self.step_timeout() else {
-            return attempt.await;
-        };
-        tokio::time::timeout(bound, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "{} did not complete the connection within {bound:?}: check that the                          server is reachable, or raise the bound ({})",
-                        host.label(),
-                        self.timeout_source()
-                    ),
-                ))
-            })
+        self.bounded(self.connect_host(base, host, connector), |bound| {
+            format!(
+                "{} did not complete the connection within {bound:?}: check that the                          server is reachable, or raise the bound ({})",
+                host.label(),
+                self.timeout_source()
+            )
+        })
+        .await?
     }
 
     /// Where the step timeout comes from, for messages.
@@ -303,12 +303,10 @@ impl ConnectConfig {
                 }
             };
             let lookup = tokio::net::lookup_host((name, host.port));
-            let addresses = match self.step_timeout() {
-                Some(bound) => tokio::time::timeout(bound, lookup).await.ok(),
-                None => Some(lookup.await),
-            };
+            // A lookup past the step timeout counts as failed.
+            let addresses = self.bounded(lookup, |_| String::new()).await;
             match addresses {
-                Some(Ok(addresses)) => {
+                Ok(Ok(addresses)) => {
                     let ips = addresses.map(|a| a.ip()).collect();
                     spread.extend(each_address(host, ips, &mut random));
                 }

@@ -105,19 +105,15 @@ pub(crate) async fn open_session(config: &ConnectConfig) -> Result<Session> {
 
 /// Runs one step of setting a connection up within the step timeout.
 async fn within<T>(config: &ConnectConfig, what: &str, step: impl Future<Output = T>) -> Result<T> {
-    let Some(bound) = config.step_timeout() else {
-        return Ok(step.await);
-    };
-    tokio::time::timeout(bound, step).await.map_err(|_| {
-        Error::new(
-            ErrorKind::Timeout,
+    config
+        .bounded(step, |bound| {
             format!(
                 "{what} took longer than {bound:?}: check that the server is healthy, or \
                  raise the bound ({})",
                 config.timeout_source()
-            ),
-        )
-    })
+            )
+        })
+        .await
 }
 
 /// How long a NOTIFY from another session may take to arrive during the self-check,
