@@ -268,7 +268,8 @@ impl ConnectConfig {
     ) -> Result<Established> {
         self.bounded(self.connect_host(base, host, connector), |bound| {
             format!(
-                "{} did not complete the connection within {bound:?}: check that the                          server is reachable, or raise the bound ({})",
+                "{} did not complete the connection within {bound:?}: check that the \
+                 server is reachable, or raise the bound ({})",
                 host.label(),
                 self.timeout_source()
             )
