@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::debug;
 
-use super::conninfo::{ConnInfo, HostEntry, HostTimeout, SslMode};
+use super::conninfo::{ConnInfo, Dial, HostEntry, HostTimeout, SslMode};
 use super::credentials::CredentialsHook;
 use super::diagnose::{self, Transport};
 use super::hook::{ConnectHook, connect_hooked};
@@ -362,21 +362,17 @@ impl ConnectConfig {
         host: &HostEntry,
         connector: Option<&Connector>,
     ) -> Result<Established> {
-        let host = &host.or_default();
+        let dial = host.or_default();
+        let host = &dial.entry;
         let label = host.label();
         let mut config = base.clone();
-        match (&host.host, host.hostaddr) {
-            (Some(name), _) => config.host(name),
-            // The address is also the name TLS checks the certificate against.
-            (None, Some(addr)) => config.host(addr.to_string()),
-            (None, None) => config.host("localhost"),
-        };
+        config.host(&dial.name);
         if let Some(addr) = host.hostaddr {
             config.hostaddr(addr);
         }
         config.port(host.port);
         if config.get_password().is_none() {
-            self.password_from_file(&mut config, host);
+            self.password_from_file(&mut config, &dial);
         }
 
         // The first transport to try, and the one to fall back to when it fails in a way
@@ -442,21 +438,16 @@ impl ConnectConfig {
     }
 
     /// libpq's password file: a password for this host, port, database and user.
-    fn password_from_file(&self, config: &mut tokio_postgres::Config, host: &HostEntry) {
+    fn password_from_file(&self, config: &mut tokio_postgres::Config, host: &Dial) {
         let Some(path) = passfile::path(self.info.passfile.as_deref()) else {
             return;
-        };
-        let host_name = match (&host.host, host.hostaddr) {
-            (Some(name), _) => name.clone(),
-            (None, Some(addr)) => addr.to_string(),
-            (None, None) => String::new(),
         };
         let user = config.get_user().unwrap_or_default().to_owned();
         // As libpq: the database defaults to the user name.
         let database = config.get_dbname().unwrap_or(&user).to_owned();
         let lookup = passfile::Lookup {
-            host: &host_name,
-            port: host.port,
+            host: &host.name,
+            port: host.entry.port,
             database: &database,
             user: &user,
         };

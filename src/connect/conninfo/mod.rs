@@ -131,19 +131,29 @@ impl HostEntry {
     /// libpq's default: the Unix socket in the usual socket directory
     /// (`/var/run/postgresql`, then `/tmp`) where a server listens on one for this port,
     /// else TCP to `localhost`.
-    pub(crate) fn or_default(&self) -> HostEntry {
-        if self.host.is_some() || self.hostaddr.is_some() {
-            return self.clone();
-        }
-        let socket_dir = DEFAULT_SOCKET_DIRS.iter().find(|dir| {
-            std::path::Path::new(dir)
-                .join(format!(".s.PGSQL.{}", self.port))
-                .exists()
-        });
-        HostEntry {
-            host: Some(socket_dir.map_or("localhost", |dir| dir).to_owned()),
-            hostaddr: None,
-            port: self.port,
+    pub(crate) fn or_default(&self) -> Dial {
+        let name = match (&self.host, self.hostaddr) {
+            (Some(name), _) => name.clone(),
+            // The address is also the name TLS checks the certificate against.
+            (None, Some(addr)) => addr.to_string(),
+            (None, None) => {
+                let socket_dir = DEFAULT_SOCKET_DIRS.iter().find(|dir| {
+                    std::path::Path::new(dir)
+                        .join(format!(".s.PGSQL.{}", self.port))
+                        .exists()
+                });
+                let name = socket_dir.map_or("localhost", |dir| dir).to_owned();
+                let entry = HostEntry {
+                    host: Some(name.clone()),
+                    hostaddr: None,
+                    port: self.port,
+                };
+                return Dial { name, entry };
+            }
+        };
+        Dial {
+            name,
+            entry: self.clone(),
         }
     }
 
@@ -160,6 +170,17 @@ impl HostEntry {
             format!("{host}:{}", self.port)
         }
     }
+}
+
+/// A host entry that names what to connect to ([`HostEntry::or_default`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Dial {
+    /// The host name or socket directory, or else the address as text: what the driver
+    /// connects to, TLS checks the certificate against, and the password file is
+    /// searched for.
+    pub(crate) name: String,
+    /// The entry, with libpq's default host filled in when it named none.
+    pub(crate) entry: HostEntry,
 }
 
 /// A parsed connection string: what every connection attempt starts from.
