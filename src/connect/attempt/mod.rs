@@ -2,27 +2,30 @@
 //! order, over the transport `sslmode` asks for, until one is a primary that accepted us.
 //!
 //! [`ConnectConfig::connect`] asks the credentials hook (if any) once, then tries the
-//! hosts in order. On each host it negotiates TLS as `sslmode` says, authenticates, and
-//! checks `pg_is_in_recovery()`: a standby cannot LISTEN, so it counts as a failed host.
-//! The first primary wins. Failures are put in words by `diagnose`.
+//! hosts in order. On each host (`host.rs`) it negotiates TLS as `sslmode` says,
+//! authenticates, and checks `pg_is_in_recovery()`: a standby cannot LISTEN, so it
+//! counts as a failed host. The first primary wins. Failures are put in words by
+//! `diagnose`.
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 use tracing::debug;
 
-use super::conninfo::{ConnInfo, Dial, HostEntry, HostTimeout, SslMode};
+#[cfg(feature = "tls")]
+use super::conninfo::SslMode;
+use super::conninfo::{ConnInfo, HostEntry, HostTimeout};
 use super::credentials::CredentialsHook;
-use super::diagnose::{self, Transport};
 use super::hook::{ConnectHook, connect_hooked};
-use super::messages::{MessageStream, drive, message_stream};
-use super::passfile;
+use super::messages::MessageStream;
 #[cfg(feature = "tls")]
 use super::tls::TlsSetup;
 use crate::error::{Chain, Error, ErrorKind, Redacted, Result};
 use crate::random::SplitMix64;
+
+mod host;
 
 /// A TLS configuration of the user's own, given to `ListenerBuilder::tls_config`
 /// (nothing to give without the `tls` feature).
@@ -259,24 +262,6 @@ impl ConnectConfig {
         Ok((base, connector))
     }
 
-    /// [`connect_host`](Self::connect_host) within the step timeout.
-    async fn connect_bounded(
-        &self,
-        base: &tokio_postgres::Config,
-        host: &HostEntry,
-        connector: Option<&Connector>,
-    ) -> Result<Established> {
-        self.bounded(self.connect_host(base, host, connector), |bound| {
-            format!(
-                "{} did not complete the connection within {bound:?}: check that the \
-                 server is reachable, or raise the bound ({})",
-                host.label(),
-                self.timeout_source()
-            )
-        })
-        .await?
-    }
-
     /// Where the step timeout comes from, for messages.
     pub(crate) fn timeout_source(&self) -> &'static str {
         match self.info.host_timeout {
@@ -353,174 +338,6 @@ impl ConnectConfig {
             Some(cause) => Error::with_source(kind, message, cause),
             None => Error::new(kind, message),
         }
-    }
-
-    /// Connects to one host, then makes sure it is a primary.
-    async fn connect_host(
-        &self,
-        base: &tokio_postgres::Config,
-        host: &HostEntry,
-        connector: Option<&Connector>,
-    ) -> Result<Established> {
-        let dial = host.or_default();
-        let host = &dial.entry;
-        let label = host.label();
-        let mut config = base.clone();
-        config.host(&dial.name);
-        if let Some(addr) = host.hostaddr {
-            config.hostaddr(addr);
-        }
-        config.port(host.port);
-        if config.get_password().is_none() {
-            self.password_from_file(&mut config, &dial);
-        }
-
-        // The first transport to try, and the one to fall back to when it fails in a way
-        // the other transport may not (as libpq does for allow and prefer).
-        let tls_built = cfg!(feature = "tls");
-        let (first, fallback) = match self.info.sslmode {
-            // As libpq: no TLS over a unix socket.
-            _ if host.is_unix_socket() => (Transport::Plain, None),
-            SslMode::Disable => (Transport::Plain, None),
-            SslMode::Allow if tls_built => {
-                (Transport::Plain, Some(Transport::Tls { fallback: false }))
-            }
-            SslMode::Prefer if tls_built => {
-                (Transport::Tls { fallback: true }, Some(Transport::Plain))
-            }
-            SslMode::Allow | SslMode::Prefer => (Transport::Plain, None),
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-                (Transport::Tls { fallback: false }, None)
-            }
-        };
-        let (client, mut messages) = match self.attempt(&config, first, &label, connector).await {
-            Err(e)
-                if fallback.is_some()
-                    && (e.kind() == ErrorKind::Tls || diagnose::refused_by_hba(&e)) =>
-            {
-                debug!(host = %label, error = %Chain(&e), sslmode = %self.info.sslmode, "trying the other transport");
-                let other = fallback.unwrap_or(Transport::Plain);
-                self.attempt(&config, other, &label, connector).await?
-            }
-            other => other?,
-        };
-
-        let rows = drive(
-            &mut messages,
-            client.simple_query("SELECT pg_is_in_recovery()"),
-        )
-        .await
-        .map_err(|e| {
-            diagnose::connect_failed(
-                &format!("could not check whether {label} is the primary"),
-                e,
-            )
-        })?;
-        let in_recovery = rows.iter().any(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
-            _ => false,
-        });
-        if in_recovery {
-            return Err(Error::new(
-                ErrorKind::Connect,
-                format!(
-                    "{label} is a standby (pg_is_in_recovery() is true), and LISTEN only works \
-                     on the primary; list the primary's host in the connection string"
-                ),
-            ));
-        }
-        Ok(Established {
-            client,
-            messages,
-            host: label,
-            entry: host.clone(),
-        })
-    }
-
-    /// libpq's password file: a password for this host, port, database and user.
-    fn password_from_file(&self, config: &mut tokio_postgres::Config, host: &Dial) {
-        let Some(path) = passfile::path(self.info.passfile.as_deref()) else {
-            return;
-        };
-        let user = config.get_user().unwrap_or_default().to_owned();
-        // As libpq: the database defaults to the user name.
-        let database = config.get_dbname().unwrap_or(&user).to_owned();
-        let lookup = passfile::Lookup {
-            host: &host.name,
-            port: host.entry.port,
-            database: &database,
-            user: &user,
-        };
-        if let Some(password) = passfile::password_for(&path, lookup) {
-            config.password(password);
-        }
-    }
-
-    /// Connects and authenticates over one transport.
-    async fn attempt(
-        &self,
-        config: &tokio_postgres::Config,
-        transport: Transport,
-        label: &str,
-        connector: Option<&Connector>,
-    ) -> Result<(Client, MessageStream)> {
-        let result = match transport {
-            Transport::Plain => {
-                let mut config = config.clone();
-                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map(|(client, connection)| (client, message_stream(connection)))
-            }
-            #[cfg(feature = "tls")]
-            Transport::Tls { fallback } => {
-                let Some(connector) = connector else {
-                    return Err(Error::new(
-                        ErrorKind::Tls,
-                        "internal error: TLS was asked for but not set up",
-                    ));
-                };
-                let mut config = config.clone();
-                config.ssl_mode(if fallback {
-                    tokio_postgres::config::SslMode::Prefer
-                } else {
-                    tokio_postgres::config::SslMode::Require
-                });
-                config
-                    .connect(connector.clone())
-                    .await
-                    .map(|(client, connection)| (client, message_stream(connection)))
-            }
-            #[cfg(not(feature = "tls"))]
-            Transport::Tls { .. } => {
-                let _ = connector;
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    "TLS was asked for, but pglisten was built without its `tls` feature",
-                ));
-            }
-        };
-        result.map_err(|e| {
-            let tls_name = match config.get_hosts().first() {
-                Some(tokio_postgres::config::Host::Tcp(name)) => name.as_str(),
-                _ => label,
-            };
-            diagnose::host_failed(
-                e,
-                &diagnose::HostAttempt {
-                    label,
-                    tls_name,
-                    transport,
-                    sslmode: self.info.sslmode,
-                    direct_tls: matches!(transport, Transport::Tls { .. })
-                        && config.get_ssl_negotiation()
-                            == tokio_postgres::config::SslNegotiation::Direct,
-                    #[cfg(feature = "tls")]
-                    tls: self.tls.as_ref(),
-                },
-            )
-        })
     }
 }
 
