@@ -107,45 +107,40 @@ impl Queue {
     /// Appends notifications (never more than [`Queue::room`] said) and wakes the
     /// consumer.
     pub(crate) fn push(&self, batch: impl ExactSizeIterator<Item = Notification>, last: Position) {
-        let waker = {
-            let mut state = self.lock();
-            if state.closed {
-                return;
-            }
+        self.change_and_wake(|state| {
             state.notifications += batch.len();
             state.events.extend(batch.map(Event::Notification));
             state.stats.last_position = Some(last);
-            state.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        });
     }
 
     /// Appends an error; an unread error just before it is replaced, so a consumer that
     /// does not read keeps a bounded queue through a long outage.
     pub(crate) fn push_error(&self, error: Error) {
+        self.change_and_wake(|state| {
+            if let Some(Event::Error(_)) = state.events.back() {
+                state.events.pop_back();
+            }
+            state.events.push_back(Event::Error(error));
+        });
+    }
+
+    /// Ends the stream once the consumer has read what is queued.
+    pub(crate) fn close(&self) {
+        // Closed already: nothing to change, and no waker (none is registered once the
+        // queue is closed).
+        self.change_and_wake(|state| state.closed = true);
+    }
+
+    /// Changes an open queue under the lock, then wakes the consumer outside it. A
+    /// closed queue is left as it is.
+    fn change_and_wake(&self, change: impl FnOnce(&mut State)) {
         let waker = {
             let mut state = self.lock();
             if state.closed {
                 return;
             }
-            if let Some(Event::Error(_)) = state.events.back() {
-                state.events.pop_back();
-            }
-            state.events.push_back(Event::Error(error));
-            state.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// Ends the stream once the consumer has read what is queued.
-    pub(crate) fn close(&self) {
-        let waker = {
-            let mut state = self.lock();
-            state.closed = true;
+            change(&mut state);
             state.waker.take()
         };
         if let Some(waker) = waker {
