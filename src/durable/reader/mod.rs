@@ -24,6 +24,8 @@ use std::sync::Arc;
 mod batch;
 mod conn;
 mod handle;
+mod round;
+mod start;
 
 pub(crate) use handle::Reader;
 use handle::Register;
@@ -32,18 +34,15 @@ use futures::future::{AbortHandle, Abortable, FutureExt};
 use futures::stream::{BoxStream, SelectAll, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
-use tokio_postgres::Client;
 use tracing::{debug, warn};
 
-use self::batch::{
-    Group, MAX_BATCH_ENTRIES, Member, Outcome, StartFacts, pruned, read, settle_start,
-};
+use self::batch::Group;
 use self::conn::Conn;
-use super::journal::{Journal, failed};
+use super::journal::Journal;
 use super::stream::Queue;
 use crate::backoff::BackoffSchedule;
 use crate::config::ListenerConfig;
-use crate::error::{Chain, Error, ErrorKind, Result};
+use crate::error::{Chain, Error, ErrorKind};
 use crate::fanout::Event;
 use crate::position::Position;
 use crate::random::SplitMix64;
@@ -250,279 +249,6 @@ impl Task {
         for sub in self.subs.values_mut() {
             if sub.held {
                 sub.dirty = true;
-            }
-        }
-    }
-
-    /// The connection, made if needed.
-    async fn connection(&mut self) -> Result<Arc<Client>> {
-        if let Some(conn) = self.conn.as_ref().filter(|c| !c.client.is_closed()) {
-            return Ok(conn.client.clone());
-        }
-        self.conn = None;
-        let conn = Conn::open(&self.config).await?;
-        let client = conn.client.clone();
-        self.conn = Some(conn);
-        Ok(client)
-    }
-
-    /// Resolves a new subscription's cursor: checks the journal, the cluster, the
-    /// position and the horizon.
-    async fn start(&mut self, client: &Client, register: &Register) -> Result<(Position, bool)> {
-        let conn = self.conn.as_mut().ok_or_else(|| {
-            Error::new(
-                ErrorKind::ConnectionLost,
-                "the durable reader's connection is gone",
-            )
-        })?;
-        let prepared = conn.prepared(&register.journal).await?;
-        let channel: &str = &register.channel;
-        let row = client
-            .query_opt(&prepared.start, &[&channel])
-            .await
-            .map_err(|e| failed("starting a durable subscription", e))?
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Database,
-                    format!(
-                        "the journal in schema {:?} has no meta row: run install again",
-                        register.journal.schema()
-                    ),
-                )
-            })?;
-        settle_start(
-            StartFacts::from_row(&row)?,
-            register.from,
-            &register.journal,
-            channel,
-        )
-    }
-
-    /// One round: start what is starting, then one read for each group of dirty
-    /// subscriptions, all sent together.
-    async fn round(&mut self) {
-        let bound = self
-            .config
-            .heartbeat
-            .timeout
-            .max(self.config.connect.connect_timeout());
-        let connected = tokio::time::timeout(bound, self.connection()).await;
-        let client = match connected {
-            Ok(Ok(client)) => client,
-            Ok(Err(error)) => return self.failed(error, None),
-            Err(_) => {
-                let error = Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "the durable reader could not connect within {bound:?}; it tries again"
-                    ),
-                );
-                return self.failed(error, None);
-            }
-        };
-        for register in std::mem::take(&mut self.starting) {
-            if register.ack.is_closed() {
-                continue;
-            }
-            let started = match tokio::time::timeout(bound, self.start(&client, &register)).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("starting the durable subscription took longer than {bound:?}"),
-                )),
-            };
-            match started {
-                Ok((cursor, from_beginning)) => {
-                    let id = register.id;
-                    let channel = register.channel.clone();
-                    match self.wake_channels.get_mut(&channel) {
-                        // The channel's wake-ups already come: this one's LISTEN (active,
-                        // which is what `subscribe_durable` waited for) is not needed.
-                        Some((_, users)) => {
-                            *users += 1;
-                            drop(register.wake);
-                        }
-                        None => {
-                            let (abort, registration) = AbortHandle::new_pair();
-                            let (events, end) = (channel.clone(), channel.clone());
-                            let wake: BoxStream<'static, (Arc<str>, Option<Event>)> = register
-                                .wake
-                                .map(move |event| (events.clone(), Some(event)))
-                                .chain(futures::stream::once(async move { (end, None) }))
-                                .boxed();
-                            self.wakes.push(Abortable::new(wake, registration));
-                            self.wake_channels.insert(channel, (abort, 1));
-                        }
-                    }
-                    self.subs.insert(
-                        id,
-                        Sub {
-                            journal: register.journal,
-                            channel: register.channel,
-                            cursor,
-                            from_beginning,
-                            queue: register.queue,
-                            dirty: true,
-                            blocked: false,
-                            held: false,
-                        },
-                    );
-                    let _ = register.ack.send(Ok(()));
-                }
-                Err(error) => {
-                    if error.kind() == ErrorKind::ConnectionLost
-                        || error.kind() == ErrorKind::Timeout
-                    {
-                        self.conn = None;
-                    }
-                    let _ = register.ack.send(Err(error));
-                }
-            }
-        }
-        let groups = self.groups();
-        if groups.is_empty() {
-            return;
-        }
-        let mut statements = Vec::with_capacity(groups.len());
-        for group in &groups {
-            let prepared = match self.conn.as_mut() {
-                Some(conn) => conn.prepared(&group.journal).await,
-                None => Err(Error::new(
-                    ErrorKind::ConnectionLost,
-                    "the durable reader's connection is gone",
-                )),
-            };
-            match prepared {
-                Ok(prepared) => statements.push(prepared.read),
-                Err(error) => return self.failed(error, Some(&groups)),
-            }
-        }
-        let mut groups = groups;
-        let reads = groups
-            .iter_mut()
-            .zip(&statements)
-            .map(|(group, statement)| {
-                let client = &client;
-                async move { tokio::time::timeout(bound, read(client, statement, group)).await }
-            });
-        let outcomes = futures::future::join_all(reads).await;
-        let mut trouble = None;
-        for (group, outcome) in groups.iter().zip(outcomes) {
-            match outcome {
-                Ok(Ok(outcome)) => self.apply(group, &outcome),
-                Ok(Err(error)) => {
-                    self.record_partial(group);
-                    trouble = Some(error);
-                }
-                Err(_) => {
-                    self.record_partial(group);
-                    trouble = Some(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "a read of the journal took longer than {bound:?}; the durable \
-                             reader reconnects and reads again from the last position"
-                        ),
-                    ));
-                }
-            }
-        }
-        match trouble {
-            Some(error) => self.failed(error, Some(&groups)),
-            None => {
-                self.backoff.reset();
-                self.backoff_until = None;
-            }
-        }
-    }
-
-    /// The dirty subscriptions with room, grouped by channel and position.
-    fn groups(&mut self) -> Vec<Group> {
-        let mut groups: Vec<Group> = Vec::new();
-        let mut index: HashMap<(&str, &str, Position, bool), usize> = HashMap::new();
-        for sub in self.subs.values_mut() {
-            if sub.dirty && !sub.blocked && sub.queue.room() == 0 {
-                sub.blocked = true;
-            }
-        }
-        for (&id, sub) in &self.subs {
-            if !sub.dirty || sub.blocked {
-                continue;
-            }
-            let room = sub.queue.room();
-            if room == 0 {
-                continue;
-            }
-            let key = (
-                sub.journal.schema(),
-                &*sub.channel,
-                sub.cursor,
-                sub.from_beginning,
-            );
-            let at = *index.entry(key).or_insert_with(|| {
-                groups.push(Group {
-                    journal: sub.journal.clone(),
-                    channel: sub.channel.clone(),
-                    cursor: sub.cursor,
-                    from_beginning: sub.from_beginning,
-                    members: Vec::new(),
-                });
-                groups.len() - 1
-            });
-            groups[at].members.push(Member {
-                id,
-                queue: sub.queue.clone(),
-                room: room.min(MAX_BATCH_ENTRIES),
-                taken: 0,
-                last: None,
-            });
-        }
-        groups
-    }
-
-    /// A read succeeded: move each member on.
-    fn apply(&mut self, group: &Group, outcome: &Outcome) {
-        let mut retry = false;
-        for member in &group.members {
-            let Some(sub) = self.subs.get_mut(&member.id) else {
-                continue;
-            };
-            member
-                .queue
-                .record_read(outcome.held, outcome.watermark, group.members.len() > 1);
-            match outcome.horizon {
-                Some(h) if h > group.cursor && !group.from_beginning && member.last.is_none() => {
-                    sub.queue
-                        .push_error(pruned(&group.channel, group.cursor, h));
-                    sub.queue.close();
-                    self.drop_sub(member.id);
-                    continue;
-                }
-                Some(h) if group.from_beginning && member.last.is_none() && h > sub.cursor => {
-                    sub.cursor = h;
-                }
-                _ => {}
-            }
-            if let Some(last) = member.last {
-                sub.cursor = last;
-                sub.from_beginning = false;
-            }
-            // Entries may remain: the read hit a bound, or this queue's room.
-            sub.dirty = outcome.more || member.taken == member.room;
-            sub.held = outcome.held > 0;
-            retry |= sub.held;
-        }
-        if retry {
-            let at = Instant::now() + self.config.durable_retry;
-            self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at)));
-        }
-    }
-
-    /// A read failed part way: what it delivered stays delivered.
-    fn record_partial(&mut self, group: &Group) {
-        for member in &group.members {
-            if let (Some(sub), Some(last)) = (self.subs.get_mut(&member.id), member.last) {
-                sub.cursor = last;
-                sub.from_beginning = false;
             }
         }
     }
