@@ -167,11 +167,7 @@ async fn two_subscriptions_on_one_channel_each_get_every_notification() {
 #[tokio::test]
 async fn an_interleaved_burst_across_many_batches_reaches_each_subscription_in_order() {
     let url = shared_url();
-    let listener = Listener::builder(&url)
-        .queue_capacity(10_000)
-        .connect()
-        .await
-        .unwrap();
+    let listener = listener_with_queue(&url, 10_000).await;
     let (busy, quiet) = (unique("busy"), unique("quiet"));
     let mut only_busy = listener.subscribe([&busy]).await.unwrap();
     let mut only_quiet = listener.subscribe([&quiet]).await.unwrap();
@@ -269,22 +265,16 @@ async fn own_notifications_come_back_with_the_listener_backend_pid() {
 
 #[tokio::test]
 async fn lagged_accounting_is_exact_with_a_tiny_queue() {
-    let url = shared_url();
-    let listener = Listener::builder(&url)
-        .queue_capacity(4)
-        .connect()
-        .await
-        .unwrap();
-    let channel = unique("lag");
+    let Delivering {
+        url,
+        listener,
+        channel,
+        mut sender,
+    } = Delivering::start(4, "lag").await;
     let mut tiny = listener.subscribe([&channel]).await.unwrap();
     // A second listener with a big queue tells us when all notifications have arrived.
-    let witness_listener = Listener::builder(&url)
-        .queue_capacity(10_000)
-        .connect()
-        .await
-        .unwrap();
+    let witness_listener = listener_with_queue(&url, 10_000).await;
     let mut witness = witness_listener.subscribe([&channel]).await.unwrap();
-    let mut sender = admin(&url).await;
     let sent = 500u64;
     let tx = sender.transaction().await.unwrap();
     for i in 0..sent {
@@ -328,16 +318,14 @@ async fn lagged_accounting_is_exact_with_a_tiny_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscription_does_not_slow_another() {
-    let url = shared_url();
-    let listener = Listener::builder(&url)
-        .queue_capacity(8)
-        .connect()
-        .await
-        .unwrap();
-    let channel = unique("stall");
+    let Delivering {
+        listener,
+        channel,
+        mut sender,
+        ..
+    } = Delivering::start(8, "stall").await;
     let mut stalled = listener.subscribe([&channel]).await.unwrap();
     let mut busy = listener.subscribe([&channel]).await.unwrap();
-    let mut sender = admin(&url).await;
     let total = 2000u64;
     let producer = async {
         for batch in 0..(total / 100) {
@@ -383,15 +371,13 @@ async fn a_stalled_subscription_does_not_slow_another() {
 
 #[tokio::test]
 async fn a_consumer_that_read_everything_is_not_told_it_lagged() {
-    let url = shared_url();
-    let listener = Listener::builder(&url)
-        .queue_capacity(4)
-        .connect()
-        .await
-        .unwrap();
-    let channel = unique("no_spurious_lag");
+    let Delivering {
+        listener,
+        channel,
+        sender,
+        ..
+    } = Delivering::start(4, "no_spurious_lag").await;
     let mut sub = listener.subscribe([&channel]).await.unwrap();
-    let sender = admin(&url).await;
     for round in 0..5 {
         for i in 0..4 {
             send(&sender, &channel, &format!("{round}-{i}")).await;
@@ -414,16 +400,14 @@ async fn a_consumer_that_read_everything_is_not_told_it_lagged() {
 /// second subscription is read on a thread outside any runtime, where a consumer never
 /// reads the connection itself: it gets everything only if the task keeps reading.
 async fn stop_reading_midway_then_read_from_outside() {
-    let url = shared_url();
-    let listener = Listener::builder(&url)
-        .queue_capacity(10_000)
-        .connect()
-        .await
-        .unwrap();
-    let channel = unique("handover");
+    let Delivering {
+        listener,
+        channel,
+        sender,
+        ..
+    } = Delivering::start(10_000, "handover").await;
     let mut reader = listener.subscribe([&channel]).await.unwrap();
     let mut outside = listener.subscribe([&channel]).await.unwrap();
-    let sender = admin(&url).await;
     let total = 5000u32;
     sender
         .batch_execute(&format!(

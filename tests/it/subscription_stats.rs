@@ -4,17 +4,25 @@
 use std::time::SystemTime;
 
 use crate::support::*;
-use pglisten::{Event, Listener};
+use pglisten::{Event, Listener, Subscription};
+
+/// Waits until `total` notifications reached `sub`: queued, or dropped as lagged.
+async fn reached(what: &str, sub: &Subscription, total: u64) {
+    eventually(what, || async {
+        let s = sub.stats();
+        s.queued as u64 + s.lagged == total
+    })
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_match_what_was_sent_delivered_and_lost_to_lag() {
-    let url = shared_url();
-    let listener = Listener::builder(&url)
-        .queue_capacity(4)
-        .connect()
-        .await
-        .unwrap();
-    let channel = unique("sub_stats");
+    let Delivering {
+        listener,
+        channel,
+        sender: client,
+        ..
+    } = Delivering::start(4, "sub_stats").await;
     let mut events = listener.subscribe([&channel]).await.unwrap();
     let other = listener.subscribe([&channel]).await.unwrap();
     let stats = events.stats();
@@ -24,16 +32,11 @@ async fn stats_match_what_was_sent_delivered_and_lost_to_lag() {
     );
 
     // Ten in one transaction, nobody reading: four fit, six are dropped.
-    let client = admin(&url).await;
     let payloads: Vec<String> = (0..10).map(|i| i.to_string()).collect();
     pglisten::notify_many(&client, &channel, &payloads)
         .await
         .unwrap();
-    eventually("all ten reached the subscription", || async {
-        let s = events.stats();
-        s.queued as u64 + s.lagged == 10
-    })
-    .await;
+    reached("all ten reached the subscription", &events, 10).await;
     let stats = events.stats();
     assert_eq!(
         (stats.queued, stats.lagged, stats.delivered),
@@ -64,11 +67,7 @@ async fn stats_match_what_was_sent_delivered_and_lost_to_lag() {
     // Each subscription has its own figures: the other one read nothing. (The task may
     // still be handing "10" and "11" to it: the first subscription can read them before
     // the same batch reaches the second.)
-    eventually("all twelve reached the other subscription", || async {
-        let s = other.stats();
-        s.queued as u64 + s.lagged == 12
-    })
-    .await;
+    reached("all twelve reached the other subscription", &other, 12).await;
     let stats = other.stats();
     assert_eq!(
         (stats.queued, stats.lagged, stats.delivered),

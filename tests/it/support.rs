@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use pglisten::tokio_postgres::Client;
-use pglisten::{Backoff, Event, Notification, Subscription};
+use pglisten::{Backoff, Event, Listener, Notification, Subscription};
 
 /// The longest any single expected event may take. Generous: machines are shared.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -103,6 +103,40 @@ where
 /// The shared test server's URL (or `DATABASE_URL`).
 pub fn shared_url() -> String {
     pglisten_testkit::shared().url()
+}
+
+/// A listener on `url` whose subscriptions each queue up to `capacity` notifications.
+pub async fn listener_with_queue(url: &str, capacity: usize) -> Listener {
+    Listener::builder(url)
+        .queue_capacity(capacity)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// What a delivery test on the shared server starts from: a listener whose
+/// subscriptions each queue up to `capacity` notifications, a channel no other test
+/// uses, and a connection to send on it.
+pub struct Delivering {
+    pub url: String,
+    pub listener: Listener,
+    pub channel: String,
+    pub sender: Client,
+}
+
+impl Delivering {
+    /// On the shared server, with a channel named after `prefix`.
+    pub async fn start(capacity: usize, prefix: &str) -> Delivering {
+        let url = shared_url();
+        let listener = listener_with_queue(&url, capacity).await;
+        let sender = admin(&url).await;
+        Delivering {
+            url,
+            listener,
+            channel: unique(prefix),
+            sender,
+        }
+    }
 }
 
 /// Runs `f` on a plain thread (no runtime there) and returns what it returns; fails the
