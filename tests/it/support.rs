@@ -139,6 +139,24 @@ impl Delivering {
     }
 }
 
+/// A user's own rustls configuration (ring provider, safe default protocol versions,
+/// no client certificate) trusting the certificates in `pem`.
+#[cfg(feature = "tls")]
+pub fn rustls_config_trusting(pem: &[u8]) -> pglisten::rustls::ClientConfig {
+    use pglisten::rustls;
+    use pglisten::rustls::pki_types::CertificateDer;
+    use pglisten::rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 /// Runs `f` on a plain thread (no runtime there) and returns what it returns; fails the
 /// test if that takes longer than [`WAIT`] (the thread is then left behind).
 pub fn on_plain_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -502,22 +502,9 @@ async fn a_failing_credentials_hook_is_an_authentication_error() {
 
 #[tokio::test]
 async fn a_custom_rustls_config_is_used() {
-    use pglisten::rustls;
     let server = tls_server().await;
-    let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(&server.root).unwrap();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = || {
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth()
-    };
+    let config = || rustls_config_trusting(&pem);
     let listener = Listener::builder(&server.url("app", Some(APP_PASSWORD), "sslmode=require"))
         .tls_config(config())
         .connect()
@@ -538,9 +525,6 @@ async fn a_custom_rustls_config_is_used() {
         "not valid for host \"db.example.com\"",
     );
 }
-
-// rustls' PemObject trait, for `pem_slice_iter` above.
-use pglisten::rustls::pki_types::pem::PemObject as _;
 
 /// Captures every log line (at every level) of the current thread.
 #[derive(Clone, Default)]
@@ -816,14 +800,8 @@ async fn a_users_tls_config_gets_the_postgresql_alpn_for_direct_tls() {
     // PostgreSQL 17+ refuses a direct TLS handshake without ALPN `postgresql`: the
     // ClientHello of a tls_config that names no protocol must carry it.
     let (port, received) = recording_server().await;
-    let roots = pglisten::rustls::RootCertStore::empty();
-    let config = pglisten::rustls::ClientConfig::builder_with_provider(Arc::new(
-        pglisten::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    // No roots: nothing is verified here, the server never answers.
+    let config = rustls_config_trusting(b"");
     assert!(config.alpn_protocols.is_empty());
     let url = format!("postgres://app@127.0.0.1:{port}/db?sslnegotiation=direct&sslmode=require");
     let attempt = Listener::builder(&url)
@@ -949,7 +927,6 @@ async fn a_key_file_others_may_read_or_an_encrypted_key_is_refused_with_what_to_
 /// the builder's `tls_config` how the server is checked.
 #[tokio::test]
 async fn a_driver_config_gets_tls_from_its_mode_or_the_builders_tls_config() {
-    use pglisten::rustls;
     use pglisten::tokio_postgres::config::SslMode;
     let server = tls_server().await;
     let config = |mode: SslMode| {
@@ -963,20 +940,8 @@ async fn a_driver_config_gets_tls_from_its_mode_or_the_builders_tls_config() {
             .ssl_mode(mode);
         config
     };
-    let rustls_config = |root: &std::path::Path| {
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(root).unwrap();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-    };
+    let rustls_config =
+        |root: &std::path::Path| rustls_config_trusting(&std::fs::read(root).unwrap());
 
     // The mode alone (as libpq's sslmode=require): encrypted.
     let listener = ListenerBuilder::from_config(config(SslMode::Require))

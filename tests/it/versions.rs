@@ -231,9 +231,6 @@ async fn a_server_older_than_13_is_refused_at_connect_with_its_version() {
 mod direct_tls {
     use std::sync::Mutex;
 
-    use pglisten::rustls;
-    use pglisten::rustls::pki_types::CertificateDer;
-    use pglisten::rustls::pki_types::pem::PemObject as _;
     use pglisten_testkit::Cluster;
     use pglisten_testkit::tls::TestCa;
 
@@ -305,21 +302,6 @@ mod direct_tls {
         (relay_port, seen)
     }
 
-    /// A user's rustls config trusting `ca_pem`, naming no ALPN protocol.
-    fn users_config(ca_pem: &str) -> rustls::ClientConfig {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-    }
-
     /// A listener on `server` through a relay, with `sslnegotiation=direct`: with
     /// pglisten's own TLS settings (`verify-full`), or with a user's `tls_config`.
     async fn connect_direct(
@@ -331,7 +313,8 @@ mod direct_tls {
             format!("postgres://app:direct-pw@localhost:{relay}/postgres?sslnegotiation=direct");
         let builder = if with_users_config {
             Listener::builder(&format!("{base}&sslmode=require"))
-                .tls_config(users_config(&server.ca_pem))
+                // A user's config trusting the CA, naming no ALPN protocol.
+                .tls_config(rustls_config_trusting(server.ca_pem.as_bytes()))
         } else {
             Listener::builder(&format!(
                 "{base}&sslmode=verify-full&sslrootcert={}",
