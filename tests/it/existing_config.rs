@@ -6,8 +6,33 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::support::*;
-use pglisten::tokio_postgres::{self, NoTls};
+use futures::future::BoxFuture;
+use pglisten::tokio_postgres::tls::NoTlsStream;
+use pglisten::tokio_postgres::{self, Client, Connection, NoTls, Socket};
 use pglisten::{ErrorKind, Event, Listener, ListenerBuilder};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Opening = BoxFuture<'static, Result<(Client, Connection<Socket, NoTlsStream>), BoxError>>;
+
+/// A connect hook that opens a plain connection with `config` at each call and counts
+/// its calls in `calls`; the call numbered `fail_on` fails instead, with the hook's own
+/// error ("hook: network not ready").
+fn plain_hook(
+    config: tokio_postgres::Config,
+    calls: Arc<AtomicU32>,
+    fail_on: Option<u32>,
+) -> impl Fn() -> Opening + Send + Sync + 'static {
+    move || {
+        let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let config = config.clone();
+        Box::pin(async move {
+            if fail_on == Some(call) {
+                return Err(std::io::Error::other("hook: network not ready").into());
+            }
+            Ok(config.connect(NoTls).await?)
+        })
+    }
+}
 
 /// Delivers, loses its backend to `pg_terminate_backend`, announces the gap and
 /// delivers again; returns the gap's report.
@@ -49,25 +74,13 @@ async fn a_listener_from_a_driver_config_delivers_and_reconnects() {
 async fn the_connect_hook_is_called_once_per_attempt() {
     let url = shared_url();
     let calls = Arc::new(AtomicU32::new(0));
-    let listener = ListenerBuilder::connect_with({
-        let (calls, url) = (calls.clone(), url.clone());
-        move || {
-            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            let url = url.clone();
-            async move {
-                // The second call (the first reconnect attempt) fails: it counts too.
-                if call == 2 {
-                    return Err(std::io::Error::other("hook: network not ready"));
-                }
-                let config: tokio_postgres::Config = url.parse().unwrap();
-                config.connect(NoTls).await.map_err(std::io::Error::other)
-            }
-        }
-    })
-    .backoff(fast_backoff())
-    .connect()
-    .await
-    .unwrap();
+    // The second call (the first reconnect attempt) fails: it counts too.
+    let hook = plain_hook(url.parse().unwrap(), calls.clone(), Some(2));
+    let listener = ListenerBuilder::connect_with(hook)
+        .backoff(fast_backoff())
+        .connect()
+        .await
+        .unwrap();
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
@@ -117,19 +130,13 @@ async fn the_connect_hook_is_called_once_per_attempt() {
 async fn with_the_self_check_the_hook_also_opens_the_checks_sender() {
     let url = shared_url();
     let calls = Arc::new(AtomicU32::new(0));
-    let listener = ListenerBuilder::connect_with({
-        let (calls, url) = (calls.clone(), url.clone());
-        move || {
-            calls.fetch_add(1, Ordering::SeqCst);
-            let config: tokio_postgres::Config = url.parse().unwrap();
-            async move { config.connect(NoTls).await }
-        }
-    })
-    .self_check(true)
-    .backoff(fast_backoff())
-    .connect()
-    .await
-    .unwrap();
+    let hook = plain_hook(url.parse().unwrap(), calls.clone(), None);
+    let listener = ListenerBuilder::connect_with(hook)
+        .self_check(true)
+        .backoff(fast_backoff())
+        .connect()
+        .await
+        .unwrap();
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
@@ -174,13 +181,11 @@ async fn settings_that_cannot_apply_are_refused_by_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_returning_a_driver_error_is_diagnosed_like_any_connection() {
     let url = shared_url();
-    let result = ListenerBuilder::connect_with(move || {
-        let mut config: tokio_postgres::Config = url.parse().unwrap();
-        config.user("no_such_role_pglisten");
-        async move { config.connect(NoTls).await }
-    })
-    .connect()
-    .await;
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    config.user("no_such_role_pglisten");
+    let result = ListenerBuilder::connect_with(plain_hook(config, Arc::default(), None))
+        .connect()
+        .await;
     let err = result.expect_err("an unknown role is refused");
     assert_eq!(
         err.kind(),
@@ -200,14 +205,11 @@ async fn a_hook_that_reaches_a_standby_is_refused_with_why() {
             .expect("could not start a standby cluster")
     })
     .await;
-    let url = standby.url();
-    let err = ListenerBuilder::connect_with(move || {
-        let config: tokio_postgres::Config = url.parse().unwrap();
-        async move { config.connect(NoTls).await }
-    })
-    .connect()
-    .await
-    .expect_err("LISTEN cannot work on a standby");
+    let config = standby.url().parse().unwrap();
+    let err = ListenerBuilder::connect_with(plain_hook(config, Arc::default(), None))
+        .connect()
+        .await
+        .expect_err("LISTEN cannot work on a standby");
     assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
     let text = err.to_string();
     assert!(
