@@ -62,10 +62,9 @@ async fn entries_committed_during_a_cut_arrive_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_around_a_fast_restart_arrive_once() {
-    let cluster = Arc::new(own_cluster().await);
+    let (cluster, client, journal) = own_cluster_and_journal().await;
+    let cluster = Arc::new(cluster);
     let url = cluster.url();
-    let client = admin(&url).await;
-    let journal = own_journal(&client).await;
     // A small queue: most entries are still in the journal, not in the queue, when the
     // server goes down.
     let listener = Listener::builder(&url)

@@ -33,12 +33,31 @@ async fn held_by(sub: &DurableSubscription, count: u64, holder: u64) {
     .await;
 }
 
+/// The next entries of `sub` are at `positions`, in that order.
+async fn expect_positions(sub: &mut DurableSubscription, positions: &[Position]) {
+    for &position in positions {
+        assert_eq!(next_entry(sub).await.position(), Some(position));
+    }
+}
+
+/// The next entries of `sub` are at `positions`, and then nothing else: a marker
+/// published after them comes next.
+async fn expect_only(
+    sub: &mut DurableSubscription,
+    positions: &[Position],
+    journal: &Journal,
+    publisher: &Client,
+    channel: &str,
+) {
+    expect_positions(sub, positions).await;
+    let marker = journal.publish(publisher, channel, "marker").await.unwrap();
+    assert_eq!(next_entry(sub).await.position(), Some(marker));
+}
+
 async fn setup() -> (pglisten_testkit::Cluster, Client, Client, Journal, Listener) {
-    let cluster = own_cluster().await;
+    let (cluster, publisher, journal) = own_cluster_and_journal().await;
     let url = cluster.url();
-    let publisher = admin(&url).await;
     let holder = admin(&url).await;
-    let journal = own_journal(&publisher).await;
     publisher
         .batch_execute("CREATE TABLE scratch (n int)")
         .await
@@ -70,8 +89,7 @@ async fn entries_wait_for_an_older_open_transaction_then_arrive_by_themselves() 
     held_by(&sub, 1, holding).await;
     assert!(early < later, "the open transaction's id is lower");
     tx.commit().await.unwrap();
-    assert_eq!(next_entry(&mut sub).await.position(), Some(early));
-    assert_eq!(next_entry(&mut sub).await.position(), Some(later));
+    expect_positions(&mut sub, &[early, later]).await;
 
     // (2) The open transaction wrote another table only: no wake-up when it ends.
     let tx = holder.transaction().await.unwrap();
@@ -107,13 +125,7 @@ async fn entries_wait_for_an_older_open_transaction_then_arrive_by_themselves() 
         .unwrap();
     held_by(&sub, 2, holding).await;
     tx.rollback().await.unwrap();
-    assert_eq!(next_entry(&mut sub).await.position(), Some(later));
-    assert_eq!(next_entry(&mut sub).await.position(), Some(more));
-    let marker = journal
-        .publish(&publisher, channel, "marker")
-        .await
-        .unwrap();
-    assert_eq!(next_entry(&mut sub).await.position(), Some(marker));
+    expect_only(&mut sub, &[later, more], &journal, &publisher, channel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,14 +148,8 @@ async fn cursor_now_takes_open_transactions_and_not_settled_ones() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(next_entry(&mut sub).await.position(), Some(open));
-    assert_eq!(next_entry(&mut sub).await.position(), Some(not_begun));
-    let marker = journal
-        .publish(&publisher, channel, "marker")
-        .await
-        .unwrap();
     // "settled" would have come before "open": it never does.
-    assert_eq!(next_entry(&mut sub).await.position(), Some(marker));
+    expect_only(&mut sub, &[open, not_begun], &journal, &publisher, channel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,6 +171,5 @@ async fn prune_stops_below_the_watermark() {
         .subscribe_durable_in(&journal, channel, Cursor::After(old))
         .await
         .unwrap();
-    assert_eq!(next_entry(&mut sub).await.position(), Some(open));
-    assert_eq!(next_entry(&mut sub).await.position(), Some(later));
+    expect_positions(&mut sub, &[open, later]).await;
 }

@@ -23,6 +23,15 @@ pub async fn own_journal(client: &Client) -> Journal {
     journal
 }
 
+/// A throwaway cluster of the test's own, an admin connection to it, and a journal of
+/// the test's own installed there.
+pub async fn own_cluster_and_journal() -> (pglisten_testkit::Cluster, Client, Journal) {
+    let cluster = own_cluster().await;
+    let client = admin(&cluster.url()).await;
+    let journal = own_journal(&client).await;
+    (cluster, client, journal)
+}
+
 /// The next event, which must be an entry; errors (information) are skipped, and a
 /// `Lagged` or `Reconnected` fails the test.
 pub async fn next_entry(sub: &mut DurableSubscription) -> Notification {
@@ -465,10 +474,8 @@ async fn many_subscriptions_on_one_channel_share_reads() {
     // A cluster of its own: on the shared one, other tests' open transactions hold
     // entries back now and then, and each retry is a read of its own, so under load the
     // count of reads said more about the machine than about sharing.
-    let cluster = own_cluster().await;
+    let (cluster, client, journal) = own_cluster_and_journal().await;
     let url = cluster.url();
-    let client = admin(&url).await;
-    let journal = own_journal(&client).await;
     let channel = unique("dur_many");
     let listener = Listener::connect(&url).await.unwrap();
     let mut subs = Vec::new();

@@ -84,10 +84,8 @@ async fn concurrent_out_of_order_commits_under_terminations_arrive_exactly_once_
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let cluster = own_cluster().await;
+    let (cluster, _admin_client, journal) = own_cluster_and_journal().await;
     let url = cluster.url();
-    let admin_client = admin(&url).await;
-    let journal = own_journal(&admin_client).await;
     let channel = "stress".to_owned();
     let listener = Listener::builder(&url)
         .backoff(fast_backoff())
