@@ -59,7 +59,6 @@ async fn main() {
 
 async fn run() -> Result<()> {
     // DATABASE_URL, or a throwaway server that lives until the end of `run`.
-    // DATABASE_URL, or a throwaway server that lives until the end of `run`.
     let database = support::database().await?;
     let url = database.url().to_owned();
 
