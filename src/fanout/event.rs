@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 #[cfg(test)]
 use super::block::Block;
-use super::block::Share;
+use super::block::{Locator, Share};
 use crate::error::Error;
 
 /// One item of a [`Subscription`](crate::Subscription) stream.
@@ -94,7 +94,7 @@ impl Event {
 #[derive(Clone)]
 pub struct Notification {
     block: Share,
-    index: u32,
+    at: Locator,
 }
 
 // Two words on purpose: fan-out stages one `Notification` per delivery, and a larger one
@@ -105,7 +105,14 @@ const _: () = assert!(std::mem::size_of::<Notification>() == 16);
 impl Notification {
     /// Notification `index` of the block shared through `block`.
     pub(crate) fn in_block(block: Share, index: u32) -> Self {
-        Notification { block, index }
+        let at = block.locate(index);
+        Notification { block, at }
+    }
+
+    /// The notification at `at` in the block shared through `block`.
+    #[inline]
+    pub(crate) fn located(block: Share, at: Locator) -> Self {
+        Notification { block, at }
     }
 
     /// How many notifications share this one's storage.
@@ -139,7 +146,7 @@ impl Notification {
     /// ```
     #[inline]
     pub fn channel(&self) -> &str {
-        self.block.channel(self.index)
+        self.block.channel_at(self.at)
     }
 
     /// The payload (empty when none was given).
@@ -151,7 +158,7 @@ impl Notification {
     /// ```
     #[inline]
     pub fn payload(&self) -> &str {
-        self.block.payload(self.index)
+        self.block.payload_at(self.at)
     }
 
     /// The process ID of the server backend that sent it. Compare with
@@ -165,7 +172,7 @@ impl Notification {
     /// ```
     #[inline]
     pub fn process_id(&self) -> i32 {
-        self.block.process_id(self.index)
+        self.block.process_id(self.at.index.into())
     }
 
     /// When the listener read it from the connection (the wall clock, read once per
@@ -200,7 +207,7 @@ impl Notification {
     /// ```
     #[inline]
     pub fn position(&self) -> Option<crate::position::Position> {
-        self.block.position(self.index)
+        self.block.position(self.at.index.into())
     }
 }
 

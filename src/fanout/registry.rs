@@ -14,7 +14,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::block::{self, BlockBuilder};
+use super::block::{self, BlockBuilder, Locator};
 use super::event::{Event, Notification};
 use super::mailbox::{Delivery, Mailbox, Wake};
 
@@ -107,7 +107,7 @@ struct Entry {
     mailbox: Arc<Mailbox>,
     /// Notifications routed to this subscription in the current batch: their indexes
     /// in the block being filled.
-    staged: Vec<u32>,
+    staged: Vec<Locator>,
     /// Set while this subscription is owed an `Event::Reconnected`: since when LISTEN
     /// has not been active for it.
     gap_since: Option<Instant>,
@@ -354,10 +354,10 @@ impl Registry {
             && **cached == *channel
         {
             let slot = *slot;
-            let index = self
+            let at = self
                 .block
                 .push(incoming.process_id(), cached, incoming.payload());
-            stage(&mut self.slots, &mut self.touched, slot, index);
+            stage(&mut self.slots, &mut self.touched, slot, at);
             return true;
         }
         let Some((name, subscribers)) = self.channels.get_key_value(channel) else {
@@ -369,11 +369,11 @@ impl Registry {
         if let [only] = subscribers[..] {
             self.last_single = Some((name.clone(), only));
         }
-        let index = self
+        let at = self
             .block
             .push(incoming.process_id(), name, incoming.payload());
         for &slot in subscribers {
-            stage(&mut self.slots, &mut self.touched, slot, index);
+            stage(&mut self.slots, &mut self.touched, slot, at);
         }
         true
     }
@@ -401,9 +401,10 @@ impl Registry {
                 continue;
             };
             let share = if block::is_sparse(entry.staged.len(), block.len()) {
-                let copy = Arc::new(block.extract(&entry.staged));
-                for (i, index) in entry.staged.iter_mut().enumerate() {
-                    *index = i as u32;
+                let indexes: Vec<u32> = entry.staged.iter().map(|at| at.index.into()).collect();
+                let copy = Arc::new(block.extract(&indexes));
+                for (i, at) in entry.staged.iter_mut().enumerate() {
+                    *at = copy.locate(i as u32);
                 }
                 Arc::new(copy)
             } else {
@@ -412,7 +413,7 @@ impl Registry {
             let notifications = entry
                 .staged
                 .drain(..)
-                .map(|index| Notification::in_block(share.clone(), index));
+                .map(|at| Notification::located(share.clone(), at));
             if entry.gap_since.is_some() {
                 // Owed a Reconnected: that must come first.
                 entry.held.extend(notifications);
@@ -490,12 +491,12 @@ impl Incoming for (&str, &str) {
     }
 }
 
-fn stage(slots: &mut [Option<Entry>], touched: &mut Vec<usize>, slot: usize, index: u32) {
+fn stage(slots: &mut [Option<Entry>], touched: &mut Vec<usize>, slot: usize, at: Locator) {
     if let Some(entry) = slots[slot].as_mut() {
         if entry.staged.is_empty() {
             touched.push(slot);
         }
-        entry.staged.push(index);
+        entry.staged.push(at);
     }
 }
 
