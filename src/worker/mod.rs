@@ -320,11 +320,20 @@ impl Worker {
 /// where another worker can take it.
 ///
 /// On a current-thread runtime consumers run only when the task yields: one batch per
-/// poll, so that they read (and free) it while it is still in cache.
+/// poll, so that they read (and free) it while it is still in cache. On a multi-thread
+/// runtime, 16 batches, so that the worker thread's other tasks get their turn.
+///
+/// On a thread of its own the task shares its runtime with nothing but its own timers,
+/// and a consumer that caught up is woken once per poll (see `Wake::Later`), from
+/// another thread: 64 batches (8 192 notifications at most) per poll wake it a quarter
+/// as often as 16 did, which cut the multi-thread drain's CPU and raised its rate
+/// (BENCHMARKS.md, "How the hot path got here", step 11). Commands and heartbeats
+/// still wait for at most one poll, about 2 ms of reading here.
 pub(crate) fn batches_per_poll(shared_with: Option<tokio::runtime::RuntimeFlavor>) -> u32 {
     match shared_with {
         Some(tokio::runtime::RuntimeFlavor::CurrentThread) => 1,
-        _ => 16,
+        Some(_) => 16,
+        None => 64,
     }
 }
 
