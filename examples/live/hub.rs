@@ -59,8 +59,9 @@ type Joined = (
 pub struct Hub {
     state: Mutex<State>,
     /// Browsers that fell behind the broadcast (more than [`RING`] batches): moved to a
-    /// subscription of their own (durable mode) or told to reload (plain mode).
-    fell_behind: AtomicU64,
+    /// subscription of their own (durable mode) or told to reload (plain mode). Shared
+    /// with their streams, which do not keep the hub itself alive.
+    fell_behind: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -115,7 +116,7 @@ impl Hub {
                 horizon,
                 sender: Some(sender),
             }),
-            fell_behind: AtomicU64::new(0),
+            fell_behind: Arc::new(AtomicU64::new(0)),
         });
         let weak = Arc::downgrade(&hub);
         tokio::spawn(async move {
@@ -228,13 +229,13 @@ impl Hub {
             /// The last position taken from the hub.
             last: Position,
             listener: Listener,
-            hub: Arc<Hub>,
+            fell_behind: Arc<AtomicU64>,
         }
         let follow = Follow {
             feed: Feed::Hub(receiver),
             last,
             listener: listener.clone(),
-            hub: self.clone(),
+            fell_behind: self.fell_behind.clone(),
         };
         let live = stream::unfold(follow, |mut f| async move {
             loop {
@@ -247,7 +248,7 @@ impl Hub {
                         // Behind the hub, or the hub stopped: on its own from here.
                         Err(e) => {
                             if matches!(e, broadcast::error::RecvError::Lagged(_)) {
-                                f.hub.fell_behind.fetch_add(1, Ordering::Relaxed);
+                                f.fell_behind.fetch_add(1, Ordering::Relaxed);
                             }
                             match own_durable(&f.listener, f.last).await {
                                 Ok(own) => f.feed = Feed::Own(own),
@@ -269,12 +270,16 @@ impl Hub {
     /// A browser's events (plain mode); falling behind the hub is a gap: `reload`.
     pub fn follow_plain(self: &Arc<Hub>) -> Option<BoxStream<'static, Bytes>> {
         let (_, _, receiver) = self.join(None)?;
-        let live = stream::unfold((receiver, self.clone()), |(mut receiver, hub)| async move {
+        let state = (receiver, self.fell_behind.clone());
+        let live = stream::unfold(state, |(mut receiver, fell_behind)| async move {
             match receiver.recv().await {
-                Ok(batch) => Some((batch.joined.clone(), (receiver, hub))),
+                Ok(batch) => Some((batch.joined.clone(), (receiver, fell_behind))),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    hub.fell_behind.fetch_add(1, Ordering::Relaxed);
-                    Some((Bytes::from_static(RELOAD.as_bytes()), (receiver, hub)))
+                    fell_behind.fetch_add(1, Ordering::Relaxed);
+                    Some((
+                        Bytes::from_static(RELOAD.as_bytes()),
+                        (receiver, fell_behind),
+                    ))
                 }
                 Err(broadcast::error::RecvError::Closed) => None,
             }
