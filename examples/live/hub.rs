@@ -10,6 +10,7 @@
 //! Nothing is missed either way: the durable order is the same for everyone.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Bytes;
@@ -57,6 +58,10 @@ type Joined = (
 #[derive(Debug)]
 pub struct Hub {
     state: Mutex<State>,
+    /// Browsers that fell behind the broadcast (more than [`RING`] batches): moved to a
+    /// subscription of their own (durable mode) or told to reload (plain mode). Shared
+    /// with their streams, which do not keep the hub itself alive.
+    fell_behind: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -111,6 +116,7 @@ impl Hub {
                 horizon,
                 sender: Some(sender),
             }),
+            fell_behind: Arc::new(AtomicU64::new(0)),
         });
         let weak = Arc::downgrade(&hub);
         tokio::spawn(async move {
@@ -133,6 +139,11 @@ impl Hub {
             }
         });
         hub
+    }
+
+    /// How many browsers fell behind the broadcast so far.
+    pub fn fell_behind(&self) -> u64 {
+        self.fell_behind.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -213,29 +224,43 @@ impl Hub {
             Own(BoxStream<'static, Bytes>),
             Done,
         }
-        let listener = listener.clone();
-        let live = stream::unfold((Feed::Hub(receiver), last), move |(mut feed, mut last)| {
-            let listener = listener.clone();
-            async move {
-                loop {
-                    match &mut feed {
-                        Feed::Hub(receiver) => match receiver.recv().await {
-                            Ok(batch) => {
-                                last = batch.last.unwrap_or(last);
-                                return Some((batch.joined.clone(), (feed, last)));
+        struct Follow {
+            feed: Feed,
+            /// The last position taken from the hub.
+            last: Position,
+            listener: Listener,
+            fell_behind: Arc<AtomicU64>,
+        }
+        let follow = Follow {
+            feed: Feed::Hub(receiver),
+            last,
+            listener: listener.clone(),
+            fell_behind: self.fell_behind.clone(),
+        };
+        let live = stream::unfold(follow, |mut f| async move {
+            loop {
+                match &mut f.feed {
+                    Feed::Hub(receiver) => match receiver.recv().await {
+                        Ok(batch) => {
+                            f.last = batch.last.unwrap_or(f.last);
+                            return Some((batch.joined.clone(), f));
+                        }
+                        // Behind the hub, or the hub stopped: on its own from here.
+                        Err(e) => {
+                            if matches!(e, broadcast::error::RecvError::Lagged(_)) {
+                                f.fell_behind.fetch_add(1, Ordering::Relaxed);
                             }
-                            // Behind the hub, or the hub stopped: on its own from here.
-                            Err(_) => match own_durable(&listener, last).await {
-                                Ok(own) => feed = Feed::Own(own),
+                            match own_durable(&f.listener, f.last).await {
+                                Ok(own) => f.feed = Feed::Own(own),
                                 Err(_) => {
-                                    let reload = Bytes::from_static(RELOAD.as_bytes());
-                                    return Some((reload, (Feed::Done, last)));
+                                    f.feed = Feed::Done;
+                                    return Some((Bytes::from_static(RELOAD.as_bytes()), f));
                                 }
-                            },
-                        },
-                        Feed::Own(own) => return own.next().await.map(|b| (b, (feed, last))),
-                        Feed::Done => return None,
-                    }
+                            }
+                        }
+                    },
+                    Feed::Own(own) => return own.next().await.map(|b| (b, f)),
+                    Feed::Done => return None,
                 }
             }
         });
@@ -245,11 +270,16 @@ impl Hub {
     /// A browser's events (plain mode); falling behind the hub is a gap: `reload`.
     pub fn follow_plain(self: &Arc<Hub>) -> Option<BoxStream<'static, Bytes>> {
         let (_, _, receiver) = self.join(None)?;
-        let live = stream::unfold(receiver, |mut receiver| async move {
+        let state = (receiver, self.fell_behind.clone());
+        let live = stream::unfold(state, |(mut receiver, fell_behind)| async move {
             match receiver.recv().await {
-                Ok(batch) => Some((batch.joined.clone(), receiver)),
+                Ok(batch) => Some((batch.joined.clone(), (receiver, fell_behind))),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    Some((Bytes::from_static(RELOAD.as_bytes()), receiver))
+                    fell_behind.fetch_add(1, Ordering::Relaxed);
+                    Some((
+                        Bytes::from_static(RELOAD.as_bytes()),
+                        (receiver, fell_behind),
+                    ))
                 }
                 Err(broadcast::error::RecvError::Closed) => None,
             }

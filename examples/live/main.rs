@@ -128,6 +128,10 @@ async fn run(options: Options) -> Result<(), server::BoxError> {
     if let Some(producer) = producer {
         producer.abort();
     }
+    let behind = live.fell_behind();
+    if behind > 0 {
+        println!("{behind} browser(s) fell behind the hub's broadcast");
+    }
     live.stop().await?;
     Ok(())
 }

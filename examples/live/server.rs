@@ -104,6 +104,7 @@ impl Mode {
 pub struct Server {
     addr: SocketAddr,
     listener: Listener,
+    hub: Arc<Hub>,
     stop: watch::Sender<bool>,
     task: JoinHandle<io::Result<()>>,
 }
@@ -140,7 +141,7 @@ pub async fn start(url: &str, mode: Mode, socket: TcpListener) -> Result<Server,
     let addr = socket.local_addr()?;
     let app = Arc::new(App {
         listener: listener.clone(),
-        hub,
+        hub: hub.clone(),
         mode,
         url: url.to_owned(),
         db: Mutex::new(Some(db)),
@@ -168,6 +169,7 @@ pub async fn start(url: &str, mode: Mode, socket: TcpListener) -> Result<Server,
     Ok(Server {
         addr,
         listener,
+        hub,
         stop,
         task,
     })
@@ -182,6 +184,13 @@ impl Server {
     /// The one listener every browser is served from.
     pub fn listener(&self) -> &Listener {
         &self.listener
+    }
+
+    /// How many browsers fell behind the hub's broadcast (more batches than its ring
+    /// holds) and were moved to a subscription of their own (durable mode) or told to
+    /// reload (plain mode): worth watching, and logging, in a real server.
+    pub fn fell_behind(&self) -> u64 {
+        self.hub.fell_behind()
     }
 
     /// Ends every event stream, closes every connection, stops listening and shuts the

@@ -371,3 +371,112 @@ async fn the_largest_sequence_is_after_every_entry_of_its_transaction() {
     );
     listener.shutdown().await;
 }
+
+/// Changes made while a browser is not reading: more than the hub's ring holds (1024
+/// batches), each large (6 KB), so its socket and the server's buffers fill long
+/// before the last.
+const BEHIND: usize = 2000;
+
+/// The index `k` of a change made by [`fall_behind`] (its name starts with `k`, five
+/// digits), from an event's data.
+fn index_of(data: &str) -> usize {
+    data.split_once(r#""name" : ""#)
+        .and_then(|(_, rest)| rest.get(..5))
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("not a change made by the test: {data:.80}"))
+}
+
+/// Makes [`BEHIND`] changes, one transaction each, each seen by `witness` (a browser
+/// that keeps reading) before the next is made: each is a batch of its own on the
+/// hub's broadcast.
+async fn fall_behind(db: &mut Client, witness: &mut http::EventStream) {
+    let padding = "x".repeat(6000);
+    for k in 0..BEHIND {
+        server::apply(db, &[set(1, &format!("{k:05} {padding}"), k as i32)])
+            .await
+            .expect("change");
+        let event = witness.next().await.expect("the witness's stream goes on");
+        assert_eq!(event.kind, "change", "the witness got {event:?}");
+        assert_eq!(index_of(&event.data), k, "the witness missed a change");
+    }
+}
+
+/// The snapshot's position, for `/api/events?after=`.
+async fn snapshot_position(addr: SocketAddr) -> String {
+    let (status, snapshot) = http::get(addr, "/api/snapshot", &[]).await;
+    assert_eq!(status, 200, "{snapshot}");
+    snapshot
+        .split_once(r#""after":""#)
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(after, _)| after.to_owned())
+        .unwrap_or_else(|| panic!("no position in {snapshot}"))
+}
+
+/// A browser that stops reading while more changes are made than the hub's ring holds
+/// falls behind the broadcast; in durable mode it is moved to a durable subscription of
+/// its own, and once it reads again it gets every change, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_falls_behind_the_hub_misses_nothing_in_durable_mode() {
+    let (_cluster, mut db, live) = serve(Mode::Durable).await;
+    let addr = live.addr();
+    let path = format!("/api/events?after={}", snapshot_position(addr).await);
+    let mut stuck = http::EventStream::open(addr, &path, 4096).await;
+    let mut witness = http::EventStream::open(addr, &path, 1 << 20).await;
+    fall_behind(&mut db, &mut witness).await;
+    for k in 0..BEHIND {
+        let event = stuck
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("the stream ended before change {k}"));
+        assert_eq!(event.kind, "change", "{event:?}");
+        assert!(event.id.is_some(), "a durable change without its position");
+        assert_eq!(
+            index_of(&event.data),
+            k,
+            "the browser that fell behind missed or repeated a change"
+        );
+    }
+    assert_eq!(
+        live.fell_behind(),
+        1,
+        "the browser never fell behind the hub: this test did not test that path"
+    );
+    drop((stuck, witness));
+    live.stop().await.expect("stop");
+}
+
+/// The same in plain mode: the browser that falls behind gets the changes it had in
+/// order, then `reload` (the gap, announced) before anything after the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_falls_behind_the_hub_is_told_to_reload_in_plain_mode() {
+    let (_cluster, mut db, live) = serve(Mode::Plain).await;
+    let addr = live.addr();
+    let mut stuck = http::EventStream::open(addr, "/api/events", 4096).await;
+    let mut witness = http::EventStream::open(addr, "/api/events", 1 << 20).await;
+    fall_behind(&mut db, &mut witness).await;
+    let mut next = 0;
+    loop {
+        let event = stuck.next().await.expect("the stream goes on");
+        match event.kind.as_str() {
+            "reload" => break,
+            "change" => {
+                assert_eq!(
+                    index_of(&event.data),
+                    next,
+                    "a change was skipped without a reload"
+                );
+                next += 1;
+                assert!(
+                    next < BEHIND,
+                    "every change came: the browser never fell behind the hub"
+                );
+            }
+            _ => panic!("unexpected {event:?}"),
+        }
+    }
+    assert_eq!(live.fell_behind(), 1);
+    // Closed first: the server still has the changes after the gap to write to it, and
+    // a graceful stop waits for every response to finish.
+    drop((stuck, witness));
+    live.stop().await.expect("stop");
+}
