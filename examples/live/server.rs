@@ -69,6 +69,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The durable channel, and the plain channel, on which every change is published.
 pub const CHANNEL: &str = "live_items";
 
+/// How long [`Server::stop`] waits for open connections to finish writing.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Which subscription the server serves the page from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -193,11 +196,24 @@ impl Server {
         self.hub.fell_behind()
     }
 
-    /// Ends every event stream, closes every connection, stops listening and shuts the
-    /// listener down.
-    pub async fn stop(self) -> Result<(), BoxError> {
+    /// Ends every event stream, stops listening, waits up to [`STOP_GRACE`] for the
+    /// connections to finish their last writes, and shuts the listener down.
+    ///
+    /// A browser that stopped reading can keep its response's last write waiting for
+    /// ever; past the grace its connection is left to close when that browser goes, so
+    /// that stopping never hangs.
+    pub async fn stop(mut self) -> Result<(), BoxError> {
         let _ = self.stop.send(true);
-        self.task.await??;
+        match tokio::time::timeout(STOP_GRACE, &mut self.task).await {
+            Ok(served) => served??,
+            Err(_) => {
+                eprintln!(
+                    "live: connections still writing after {STOP_GRACE:?} (a browser that \
+                     stopped reading?); stopping without them"
+                );
+                self.task.abort();
+            }
+        }
         self.listener.shutdown().await;
         Ok(())
     }

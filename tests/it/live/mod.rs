@@ -480,3 +480,21 @@ async fn a_browser_that_falls_behind_the_hub_is_told_to_reload_in_plain_mode() {
     drop((stuck, witness));
     live.stop().await.expect("stop");
 }
+
+/// A browser that stopped reading keeps its response's last write waiting; stopping the
+/// server must not wait for it past the grace (it hung for ever before the grace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_does_not_wait_for_a_browser_that_stopped_reading() {
+    let (_cluster, mut db, live) = serve(Mode::Durable).await;
+    let addr = live.addr();
+    let path = format!("/api/events?after={}", snapshot_position(addr).await);
+    let stuck = http::EventStream::open(addr, &path, 4096).await;
+    let mut witness = http::EventStream::open(addr, &path, 1 << 20).await;
+    fall_behind(&mut db, &mut witness).await;
+    drop(witness);
+    tokio::time::timeout(server::STOP_GRACE + Duration::from_secs(20), live.stop())
+        .await
+        .expect("stop waited for the browser that stopped reading")
+        .expect("stop");
+    drop(stuck);
+}
