@@ -412,17 +412,49 @@ async fn snapshot_position(addr: SocketAddr) -> String {
         .unwrap_or_else(|| panic!("no position in {snapshot}"))
 }
 
+/// A server in `mode`, and two browsers that joined at the start: `stuck` (a 4 KiB
+/// receive buffer, not read yet) and `witness` (read through all [`BEHIND`] changes,
+/// made by [`fall_behind`]). The cluster and the database connection come along: bind
+/// them (`_cluster`, `_db`), or the server stops at once.
+struct FellBehind {
+    _cluster: pglisten_testkit::Cluster,
+    _db: Client,
+    live: server::Server,
+    stuck: http::EventStream,
+    witness: http::EventStream,
+}
+
+async fn one_browser_behind(mode: Mode) -> FellBehind {
+    let (cluster, mut db, live) = serve(mode).await;
+    let addr = live.addr();
+    let path = match mode {
+        Mode::Durable => format!("/api/events?after={}", snapshot_position(addr).await),
+        Mode::Plain => "/api/events".to_owned(),
+    };
+    let stuck = http::EventStream::open(addr, &path, 4096).await;
+    let mut witness = http::EventStream::open(addr, &path, 1 << 20).await;
+    fall_behind(&mut db, &mut witness).await;
+    FellBehind {
+        _cluster: cluster,
+        _db: db,
+        live,
+        stuck,
+        witness,
+    }
+}
+
 /// A browser that stops reading while more changes are made than the hub's ring holds
 /// falls behind the broadcast; in durable mode it is moved to a durable subscription of
 /// its own, and once it reads again it gets every change, in order, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_that_falls_behind_the_hub_misses_nothing_in_durable_mode() {
-    let (_cluster, mut db, live) = serve(Mode::Durable).await;
-    let addr = live.addr();
-    let path = format!("/api/events?after={}", snapshot_position(addr).await);
-    let mut stuck = http::EventStream::open(addr, &path, 4096).await;
-    let mut witness = http::EventStream::open(addr, &path, 1 << 20).await;
-    fall_behind(&mut db, &mut witness).await;
+    let FellBehind {
+        live,
+        mut stuck,
+        witness,
+        _cluster,
+        _db,
+    } = one_browser_behind(Mode::Durable).await;
     for k in 0..BEHIND {
         let event = stuck
             .next()
@@ -449,11 +481,13 @@ async fn a_browser_that_falls_behind_the_hub_misses_nothing_in_durable_mode() {
 /// order, then `reload` (the gap, announced) before anything after the gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_that_falls_behind_the_hub_is_told_to_reload_in_plain_mode() {
-    let (_cluster, mut db, live) = serve(Mode::Plain).await;
-    let addr = live.addr();
-    let mut stuck = http::EventStream::open(addr, "/api/events", 4096).await;
-    let mut witness = http::EventStream::open(addr, "/api/events", 1 << 20).await;
-    fall_behind(&mut db, &mut witness).await;
+    let FellBehind {
+        live,
+        mut stuck,
+        witness,
+        _cluster,
+        _db,
+    } = one_browser_behind(Mode::Plain).await;
     let mut next = 0;
     loop {
         let event = stuck.next().await.expect("the stream goes on");
@@ -476,7 +510,7 @@ async fn a_browser_that_falls_behind_the_hub_is_told_to_reload_in_plain_mode() {
     }
     assert_eq!(live.fell_behind(), 1);
     // Closed first: the server still has the changes after the gap to write to it, and
-    // a graceful stop waits for every response to finish.
+    // a graceful stop would wait for them (up to `STOP_GRACE`).
     drop((stuck, witness));
     live.stop().await.expect("stop");
 }
@@ -485,12 +519,13 @@ async fn a_browser_that_falls_behind_the_hub_is_told_to_reload_in_plain_mode() {
 /// server must not wait for it past the grace (it hung for ever before the grace).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_does_not_wait_for_a_browser_that_stopped_reading() {
-    let (_cluster, mut db, live) = serve(Mode::Durable).await;
-    let addr = live.addr();
-    let path = format!("/api/events?after={}", snapshot_position(addr).await);
-    let stuck = http::EventStream::open(addr, &path, 4096).await;
-    let mut witness = http::EventStream::open(addr, &path, 1 << 20).await;
-    fall_behind(&mut db, &mut witness).await;
+    let FellBehind {
+        live,
+        stuck,
+        witness,
+        _cluster,
+        _db,
+    } = one_browser_behind(Mode::Durable).await;
     drop(witness);
     tokio::time::timeout(server::STOP_GRACE + Duration::from_secs(20), live.stop())
         .await
