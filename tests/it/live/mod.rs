@@ -414,8 +414,8 @@ async fn snapshot_position(addr: SocketAddr) -> String {
 
 /// A server in `mode`, and two browsers that joined at the start: `stuck` (a 4 KiB
 /// receive buffer, not read yet) and `witness` (read through all [`BEHIND`] changes,
-/// made by [`fall_behind`]). The cluster and the database connection come along: bind
-/// them (`_cluster`, `_db`), or the server stops at once.
+/// made by [`fall_behind`]). The cluster and the database connection come along, to
+/// live as long as the rest.
 struct FellBehind {
     _cluster: pglisten_testkit::Cluster,
     _db: Client,
@@ -448,15 +448,10 @@ async fn one_browser_behind(mode: Mode) -> FellBehind {
 /// its own, and once it reads again it gets every change, in order, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_that_falls_behind_the_hub_misses_nothing_in_durable_mode() {
-    let FellBehind {
-        live,
-        mut stuck,
-        witness,
-        _cluster,
-        _db,
-    } = one_browser_behind(Mode::Durable).await;
+    let mut behind = one_browser_behind(Mode::Durable).await;
     for k in 0..BEHIND {
-        let event = stuck
+        let event = behind
+            .stuck
             .next()
             .await
             .unwrap_or_else(|| panic!("the stream ended before change {k}"));
@@ -469,28 +464,22 @@ async fn a_browser_that_falls_behind_the_hub_misses_nothing_in_durable_mode() {
         );
     }
     assert_eq!(
-        live.fell_behind(),
+        behind.live.fell_behind(),
         1,
         "the browser never fell behind the hub: this test did not test that path"
     );
-    drop((stuck, witness));
-    live.stop().await.expect("stop");
+    drop((behind.stuck, behind.witness));
+    behind.live.stop().await.expect("stop");
 }
 
 /// The same in plain mode: the browser that falls behind gets the changes it had in
 /// order, then `reload` (the gap, announced) before anything after the gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_that_falls_behind_the_hub_is_told_to_reload_in_plain_mode() {
-    let FellBehind {
-        live,
-        mut stuck,
-        witness,
-        _cluster,
-        _db,
-    } = one_browser_behind(Mode::Plain).await;
+    let mut behind = one_browser_behind(Mode::Plain).await;
     let mut next = 0;
     loop {
-        let event = stuck.next().await.expect("the stream goes on");
+        let event = behind.stuck.next().await.expect("the stream goes on");
         match event.kind.as_str() {
             "reload" => break,
             "change" => {
@@ -508,28 +497,25 @@ async fn a_browser_that_falls_behind_the_hub_is_told_to_reload_in_plain_mode() {
             _ => panic!("unexpected {event:?}"),
         }
     }
-    assert_eq!(live.fell_behind(), 1);
+    assert_eq!(behind.live.fell_behind(), 1);
     // Closed first: the server still has the changes after the gap to write to it, and
     // a graceful stop would wait for them (up to `STOP_GRACE`).
-    drop((stuck, witness));
-    live.stop().await.expect("stop");
+    drop((behind.stuck, behind.witness));
+    behind.live.stop().await.expect("stop");
 }
 
 /// A browser that stopped reading keeps its response's last write waiting; stopping the
 /// server must not wait for it past the grace (it hung for ever before the grace).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_does_not_wait_for_a_browser_that_stopped_reading() {
-    let FellBehind {
-        live,
-        stuck,
-        witness,
-        _cluster,
-        _db,
-    } = one_browser_behind(Mode::Durable).await;
-    drop(witness);
-    tokio::time::timeout(server::STOP_GRACE + Duration::from_secs(20), live.stop())
-        .await
-        .expect("stop waited for the browser that stopped reading")
-        .expect("stop");
-    drop(stuck);
+    let behind = one_browser_behind(Mode::Durable).await;
+    drop(behind.witness);
+    tokio::time::timeout(
+        server::STOP_GRACE + Duration::from_secs(20),
+        behind.live.stop(),
+    )
+    .await
+    .expect("stop waited for the browser that stopped reading")
+    .expect("stop");
+    drop(behind.stuck);
 }
