@@ -324,9 +324,9 @@ async fn a_journal_from_another_cluster_refuses_stored_positions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_past_a_cursor_yields_pruned_first_and_ends() {
-    let url = shared_url();
-    let client = admin(&url).await;
-    let journal = own_journal(&client).await;
+    // A cluster of its own, as prune's results depend on what other sessions have open.
+    let (cluster, client, journal) = own_cluster_and_journal().await;
+    let url = cluster.url();
     let channel = unique("dur_prune");
     let other = unique("dur_prune_other");
     let a = journal.publish(&client, &channel, "a").await.unwrap();
