@@ -47,6 +47,30 @@ pub struct Batch {
     last: Option<Position>,
 }
 
+impl Batch {
+    /// Its events after `after`: all of them in one buffer when the batch starts after
+    /// it, else those after it (a browser that joined in the middle of this batch).
+    fn after(&self, after: Position) -> Bytes {
+        if self
+            .events
+            .first()
+            .and_then(|e| e.0)
+            .is_some_and(|p| p > after)
+        {
+            return self.joined.clone();
+        }
+        let mut text = Vec::new();
+        for (_, event) in self
+            .events
+            .iter()
+            .filter(|e| e.0.is_some_and(|p| p > after))
+        {
+            text.extend_from_slice(event);
+        }
+        Bytes::from(text)
+    }
+}
+
 /// What a browser joining gets: the ring's events after its position, the last
 /// position among them, and a receiver of the batches to come.
 type Joined = (
@@ -187,21 +211,9 @@ impl Hub {
             .filter(|b| b.last.is_some_and(|l| l > after))
         {
             last = batch.last.unwrap_or(last);
-            if batch
-                .events
-                .first()
-                .and_then(|e| e.0)
-                .is_some_and(|p| p > after)
-            {
-                backlog.push(batch.joined.clone());
-            } else {
-                backlog.extend(
-                    batch
-                        .events
-                        .iter()
-                        .filter(|e| e.0.is_some_and(|p| p > after))
-                        .map(|e| e.1.clone()),
-                );
+            let events = batch.after(after);
+            if !events.is_empty() {
+                backlog.push(events);
             }
         }
         Some((backlog, Some(last), receiver))
@@ -241,9 +253,14 @@ impl Hub {
             loop {
                 match &mut f.feed {
                     Feed::Hub(receiver) => match receiver.recv().await {
+                        // A batch the browser's position is inside of (it joined
+                        // before the batch reached the hub) is cut at that position.
                         Ok(batch) => {
+                            let events = batch.after(f.last);
                             f.last = batch.last.unwrap_or(f.last);
-                            return Some((batch.joined.clone(), f));
+                            if !events.is_empty() {
+                                return Some((events, f));
+                            }
                         }
                         // Behind the hub, or the hub stopped: on its own from here.
                         Err(e) => {
