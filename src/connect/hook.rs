@@ -37,7 +37,7 @@ where
         let made = connect();
         Box::pin(async move {
             let (client, connection) = made.await.map_err(Into::into)?;
-            Ok((client, message_stream(connection)))
+            Ok((client, message_stream(connection, None)))
         })
     })
 }

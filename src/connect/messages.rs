@@ -1,5 +1,6 @@
-//! A connection's messages, read through `poll_message`, and the one way to run a query
-//! on a connection nobody else polls.
+//! A connection's messages, read through `poll_message` and, where pglisten reads the
+//! notifications itself, its [`Tap`](super::tap::Tap); and the one way to run a query on
+//! a connection nobody else polls.
 //!
 //! Awaiting a tokio-postgres `Connection` as a future throws notifications away, so the
 //! connection is read as a stream of messages instead. And the connection does the I/O
@@ -13,21 +14,58 @@ use std::task::Poll;
 use futures::stream::{Stream, StreamExt};
 use tokio_postgres::AsyncMessage;
 
-/// The connection's messages (notifications, notices), read through `poll_message`.
-pub(crate) type MessageStream =
-    Pin<Box<dyn Stream<Item = Result<AsyncMessage, tokio_postgres::Error>> + Send>>;
+use super::tap::Tapped;
+use super::wire::WireBatch;
 
-/// Reads a connection's messages through `poll_message`.
+/// One item of a [`MessageStream`].
+// The driver's message is large (a notice's fields); boxing it would cost an allocation
+// per notification on connections without a tap, to save a copy.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Message {
+    /// What the driver read: a notice, or a notification on a connection without a tap.
+    Driver(AsyncMessage),
+    /// Notifications the tap read, in the order they arrived.
+    Notifications(WireBatch),
+}
+
+/// The connection's messages (notifications, notices).
+pub(crate) type MessageStream =
+    Pin<Box<dyn Stream<Item = Result<Message, tokio_postgres::Error>> + Send>>;
+
+/// Reads a connection's messages through `poll_message` and, when the connection has a
+/// tap, the notifications it stashed. The tap starts stashing now.
+///
+/// The stash is yielded whenever the driver is pending (or has ended): the tap stops
+/// with the stash not empty before anything that follows it, so the driver's own
+/// messages and the stash come out in the server's order (see the `tap` module).
 pub(crate) fn message_stream<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,
+    tapped: Option<Tapped>,
 ) -> MessageStream
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    Box::pin(futures::stream::poll_fn(move |cx| {
-        connection.poll_message(cx)
-    }))
+    match tapped {
+        None => Box::pin(futures::stream::poll_fn(move |cx| {
+            connection
+                .poll_message(cx)
+                .map(|m| m.map(|m| m.map(Message::Driver)))
+        })),
+        Some(tapped) => {
+            tapped.start();
+            Box::pin(futures::stream::poll_fn(move |cx| {
+                match connection.poll_message(cx) {
+                    Poll::Ready(Some(message)) => Poll::Ready(Some(message.map(Message::Driver))),
+                    ended_or_pending => match tapped.take() {
+                        Some(batch) => Poll::Ready(Some(Ok(Message::Notifications(batch)))),
+                        None => ended_or_pending.map(|_| None),
+                    },
+                }
+            }))
+        }
+    }
 }
 
 /// Runs `query` while polling the connection that does its I/O. Messages that arrive

@@ -13,7 +13,7 @@ use tracing::debug;
 use super::attempt::{ConnectConfig, Established};
 use super::conninfo::HostEntry;
 use super::diagnose;
-use super::messages::{MessageStream, drive};
+use super::messages::{Message, MessageStream, drive};
 use crate::channel::{quote_identifier, validate_channel, validate_payload};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -166,7 +166,16 @@ async fn check_delivery(
     let arrived = tokio::time::timeout(SELF_CHECK_WAIT, async {
         while let Some(message) = session.messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(n)) if n.channel() == channel => return Ok(()),
+                Ok(Message::Driver(AsyncMessage::Notification(n))) if n.channel() == channel => {
+                    return Ok(());
+                }
+                Ok(Message::Notifications(mut batch)) => {
+                    while let Some(notification) = batch.next() {
+                        if notification.is_ok_and(|n| n.channel == channel) {
+                            return Ok(());
+                        }
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => return Err(diagnose::connection_lost(Some(e))),
             }

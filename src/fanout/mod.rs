@@ -14,4 +14,4 @@ mod registry;
 pub(crate) use block::{Block, BlockBuilder};
 pub use event::{Event, Notification, ReconnectReport};
 pub(crate) use mailbox::{Mailbox, Wake};
-pub(crate) use registry::{FlushTotals, LagChange, Registry, SubscriptionId, SyncPlan};
+pub(crate) use registry::{FlushTotals, Incoming, LagChange, Registry, SubscriptionId, SyncPlan};

@@ -13,7 +13,9 @@ use tracing::{debug, info, warn};
 
 use super::command::Running;
 use super::{Ack, Exit, Next, Phase, Query, Worker, log_lag};
-use crate::connect::{Session, close_gracefully, connection_lost};
+use crate::connect::{
+    Message, Session, WireBatch, close_gracefully, connection_lost, malformed_notification,
+};
 use crate::error::{Chain, Error, ErrorKind, Result};
 use crate::fanout::{FlushTotals, SyncPlan, Wake};
 use crate::heartbeat::{self, AlarmChange};
@@ -26,6 +28,13 @@ enum Reading {
     Serving,
     /// Shutting down: until nothing is ready, or `until` has passed.
     Final { until: Instant },
+}
+
+/// What one call of `poll_messages` read so far.
+#[derive(Default)]
+struct Read {
+    received: u64,
+    batches: u32,
 }
 
 /// The in-flight LISTEN/UNLISTEN batch.
@@ -63,6 +72,8 @@ pub(super) struct Serving {
     next_heartbeat: Pin<Box<Sleep>>,
     probe: Option<Probe>,
     last_heartbeat: Option<Instant>,
+    /// Notifications the tap read that are not routed yet (a read stopped part way).
+    unrouted: Option<WireBatch>,
 }
 
 impl Serving {
@@ -99,6 +110,7 @@ impl Worker {
             next_heartbeat: Box::pin(tokio::time::sleep(heartbeat.interval)),
             probe: None,
             last_heartbeat: None,
+            unrouted: None,
         };
         let exit = std::future::poll_fn(|cx| self.poll_serve(cx, &mut serving)).await;
         match exit {
@@ -399,39 +411,48 @@ impl Worker {
         s: &mut Serving,
         reading: Reading,
     ) -> Option<Exit> {
-        let mut received = 0u64;
-        let mut batches = 0u32;
+        let mut read = Read::default();
         let exit = loop {
-            match s.session.messages.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(AsyncMessage::Notification(notification)))) => {
-                    received += 1;
-                    self.registry.route(notification);
-                    // Batches are bounded (see `block::MAX_ENTRIES`): an unbounded batch
-                    // would hold a whole burst in memory, and with the yield on a
-                    // current-thread runtime consumers read what they get while it is
-                    // still in cache (BENCHMARKS.md, "How the hot path got here", steps
-                    // 5 and 8).
-                    if self.registry.batch_full() {
-                        let totals = self.registry.flush(self.wake(), log_lag);
-                        self.count(totals);
-                        batches += 1;
-                        match reading {
-                            Reading::Serving if batches >= self.batches_per_poll => {
-                                // Read on after the others have run (queued where
-                                // another worker can take it: see `batches_per_poll`).
-                                cx.waker().wake_by_ref();
-                                break None;
+            // What the tap read comes first: nothing after it was read yet.
+            if let Some(batch) = s.unrouted.as_mut() {
+                let mut stop = None;
+                while let Some(notification) = batch.next() {
+                    match notification {
+                        Ok(notification) => {
+                            read.received += 1;
+                            self.registry.route(notification);
+                            if self.batch_read(cx, reading, &mut read) {
+                                stop = Some(None);
+                                break;
                             }
-                            Reading::Serving => {}
-                            Reading::Final { until } => {
-                                if Instant::now() >= until {
-                                    break None;
-                                }
-                            }
+                        }
+                        Err(malformed) => {
+                            stop = Some(Some(Exit::Lost(malformed_notification(malformed))));
+                            break;
                         }
                     }
                 }
-                Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => {
+                if batch.is_done() {
+                    s.unrouted = None;
+                }
+                if let Some(exit) = stop {
+                    break exit;
+                }
+            }
+            match s.session.messages.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(Message::Notifications(batch)))) => {
+                    s.unrouted = Some(batch);
+                }
+                Poll::Ready(Some(Ok(Message::Driver(AsyncMessage::Notification(
+                    notification,
+                ))))) => {
+                    read.received += 1;
+                    self.registry.route(notification);
+                    if self.batch_read(cx, reading, &mut read) {
+                        break None;
+                    }
+                }
+                Poll::Ready(Some(Ok(Message::Driver(AsyncMessage::Notice(notice))))) => {
                     debug!(code = notice.code().code(), %notice, "server notice");
                 }
                 Poll::Ready(Some(Ok(_))) => {}
@@ -447,8 +468,34 @@ impl Worker {
         let totals = self.registry.flush(self.wake(), log_lag);
         self.count(totals);
         self.registry.wake_owed();
-        self.status.add_received(received);
+        self.status.add_received(read.received);
         exit
+    }
+
+    /// After routing one notification: delivers the batch once it is full, and says
+    /// whether to stop reading for now.
+    #[inline]
+    fn batch_read(&mut self, cx: &mut Context<'_>, reading: Reading, read: &mut Read) -> bool {
+        // Batches are bounded (see `block::MAX_ENTRIES`): an unbounded batch would hold
+        // a whole burst in memory, and with the yield on a current-thread runtime
+        // consumers read what they get while it is still in cache (BENCHMARKS.md, "How
+        // the hot path got here", steps 5 and 8).
+        if !self.registry.batch_full() {
+            return false;
+        }
+        let totals = self.registry.flush(self.wake(), log_lag);
+        self.count(totals);
+        read.batches += 1;
+        match reading {
+            Reading::Serving if read.batches >= self.batches_per_poll => {
+                // Read on after the others have run (queued where another worker can
+                // take it: see `batches_per_poll`).
+                cx.waker().wake_by_ref();
+                true
+            }
+            Reading::Serving => false,
+            Reading::Final { until } => Instant::now() >= until,
+        }
     }
 
     /// Spawned on a current-thread runtime the task yields after each batch, so its

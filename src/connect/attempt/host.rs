@@ -9,6 +9,9 @@ use crate::connect::conninfo::{Dial, HostEntry, SslMode};
 use crate::connect::diagnose::{self, Transport};
 use crate::connect::messages::{MessageStream, drive, message_stream};
 use crate::connect::passfile;
+#[cfg(feature = "tls")]
+use crate::connect::tap::TlsTap;
+use crate::connect::tap::{PlainTap, Tapped};
 use crate::error::{Chain, Error, ErrorKind, Result};
 
 impl ConnectConfig {
@@ -139,13 +142,25 @@ impl ConnectConfig {
         connector: Option<&Connector>,
     ) -> Result<(Client, MessageStream)> {
         let result = match transport {
+            Transport::Plain if names_a_tcp_host(config) => {
+                // pglisten's own reader under the driver (see `connect::tap`): on the
+                // wire, the same as sslmode=disable.
+                let mut config = config.clone();
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                config.ssl_negotiation(tokio_postgres::config::SslNegotiation::Direct);
+                let tapped = Tapped::default();
+                config
+                    .connect(PlainTap(tapped.clone()))
+                    .await
+                    .map(|(client, connection)| (client, message_stream(connection, Some(tapped))))
+            }
             Transport::Plain => {
                 let mut config = config.clone();
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
                 config
                     .connect(tokio_postgres::NoTls)
                     .await
-                    .map(|(client, connection)| (client, message_stream(connection)))
+                    .map(|(client, connection)| (client, message_stream(connection, None)))
             }
             #[cfg(feature = "tls")]
             Transport::Tls { fallback } => {
@@ -161,10 +176,15 @@ impl ConnectConfig {
                 } else {
                     tokio_postgres::config::SslMode::Require
                 });
+                let tapped = Tapped::default();
+                let connector = TlsTap {
+                    tls: connector.clone(),
+                    tapped: tapped.clone(),
+                };
                 config
-                    .connect(connector.clone())
+                    .connect(connector)
                     .await
-                    .map(|(client, connection)| (client, message_stream(connection)))
+                    .map(|(client, connection)| (client, message_stream(connection, Some(tapped))))
             }
             #[cfg(not(feature = "tls"))]
             Transport::Tls { .. } => {
@@ -196,4 +216,10 @@ impl ConnectConfig {
             )
         })
     }
+}
+
+/// A TCP host name is what tokio-postgres needs before it calls a TLS connector, the
+/// plain tap's way in (see `connect::tap::PlainTap`); a unix socket has none.
+fn names_a_tcp_host(config: &tokio_postgres::Config) -> bool {
+    matches!(config.get_hosts(), [tokio_postgres::config::Host::Tcp(_)])
 }

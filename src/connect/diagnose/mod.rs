@@ -196,6 +196,18 @@ pub(crate) fn connect_failed(what: &str, cause: tokio_postgres::Error) -> Error 
     Error::with_source(kind, format!("{what}: {detail}"), cause)
 }
 
+/// The server sent a notification pglisten cannot read: the connection cannot be
+/// trusted past it, so it is dropped and made again.
+pub(crate) fn malformed_notification(malformed: crate::connect::wire::Malformed) -> Error {
+    Error::new(
+        ErrorKind::ConnectionLost,
+        format!(
+            "the server sent {malformed}, which cannot be delivered; the connection is \
+             dropped and pglisten reconnects"
+        ),
+    )
+}
+
 /// The connection of a listening session failed or ended.
 pub(crate) fn connection_lost(cause: Option<tokio_postgres::Error>) -> Error {
     match cause {
