@@ -53,6 +53,9 @@ struct Stash {
     taking: bool,
     /// Whole notification messages, in the order they arrived.
     bytes: Vec<u8>,
+    /// How much the last stash taken held: the next one starts with that much room,
+    /// rather than growing step by step.
+    last_len: usize,
 }
 
 impl Tapped {
@@ -75,6 +78,7 @@ impl Tapped {
         if stash.bytes.is_empty() {
             return None;
         }
+        stash.last_len = stash.bytes.len();
         Some(WireBatch::new(std::mem::take(&mut stash.bytes)))
     }
 }
@@ -145,6 +149,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
             } else if available > 0 {
                 match wire::next(&buffer[*start..*end]) {
                     Next::Notification(len) if stash.taking => {
+                        if stash.bytes.capacity() == 0 {
+                            let room = stash.last_len.clamp(len, STASH_LIMIT + len);
+                            stash.bytes.reserve(room);
+                        }
                         stash.bytes.extend_from_slice(&buffer[*start..*start + len]);
                         *start += len;
                         if stash.bytes.len() >= STASH_LIMIT {

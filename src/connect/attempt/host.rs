@@ -163,19 +163,19 @@ impl ConnectConfig {
                     .map(|(client, connection)| (client, message_stream(connection, None)))
             }
             #[cfg(feature = "tls")]
-            Transport::Tls { fallback } => {
+            Transport::Tls { .. } => {
                 let Some(connector) = connector else {
                     return Err(Error::new(
                         ErrorKind::Tls,
                         "internal error: TLS was asked for but not set up",
                     ));
                 };
+                // TLS or nothing, even for sslmode=prefer: the driver's own fallback
+                // would go on over the bare socket, where the tap cannot reach; a server
+                // without TLS fails this attempt, and `connect_host` falls back to the
+                // plain transport on a new connection (tapped).
                 let mut config = config.clone();
-                config.ssl_mode(if fallback {
-                    tokio_postgres::config::SslMode::Prefer
-                } else {
-                    tokio_postgres::config::SslMode::Require
-                });
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 let tapped = Tapped::default();
                 let connector = TlsTap {
                     tls: connector.clone(),
