@@ -52,12 +52,16 @@ enum Mode {
     Refuse,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Control {
     mode: Mode,
     /// Incremented by every [`FaultProxy::cut`]; a connection accepted while the epoch was
     /// lower is reset.
     cut_epoch: u64,
+    /// Incremented by every [`FaultProxy::inject_to_clients`]: each connection writes
+    /// `injected` to its client once per increment it sees.
+    inject_epoch: u64,
+    injected: Arc<[u8]>,
 }
 
 #[derive(Debug)]
@@ -108,6 +112,8 @@ impl FaultProxy {
         let (control, _) = watch::channel(Control {
             mode: Mode::Pass,
             cut_epoch: 0,
+            inject_epoch: 0,
+            injected: Arc::from(&[][..]),
         });
         let shared = Arc::new(Shared {
             control,
@@ -180,6 +186,17 @@ impl FaultProxy {
     /// Connections accepted since the proxy started.
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Writes `bytes` to every client connected now, between two chunks of what the
+    /// server sends, as if the server had sent them: a way to make a server say what a
+    /// real one would not (a malformed message, say). Meant for an idle connection: with
+    /// traffic in flight the bytes may land inside a message.
+    pub fn inject_to_clients(&self, bytes: &[u8]) {
+        self.shared.control.send_modify(|control| {
+            control.inject_epoch += 1;
+            control.injected = Arc::from(bytes);
+        });
     }
 
     fn set_mode(&self, mode: Mode) {
@@ -255,11 +272,13 @@ async fn connection(mut client: TcpStream, upstream: SocketAddr, epoch: u64, sha
             &mut client_read,
             &mut server_write,
             shared.control.subscribe(),
+            false,
         );
         let down = pump(
             &mut server_read,
             &mut client_write,
             shared.control.subscribe(),
+            true,
         );
         let cut_requested = cut.wait_for(|control| control.cut_epoch > epoch);
         tokio::select! {
@@ -276,18 +295,35 @@ async fn connection(mut client: TcpStream, upstream: SocketAddr, epoch: u64, sha
 }
 
 /// Forwards `from` to `to` under the current [`Mode`] until `from` ends (then passes the
-/// FIN on) or `to` fails.
-async fn pump<R, W>(from: &mut R, to: &mut W, mut control: watch::Receiver<Control>)
-where
+/// FIN on) or `to` fails. `to_client`: this is the server-to-client direction, which
+/// writes what [`FaultProxy::inject_to_clients`] gives.
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    mut control: watch::Receiver<Control>,
+    to_client: bool,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut injected_epoch = control.borrow().inject_epoch;
     // Chunks read, with the time each may be written.
     let mut held: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let mut buf = vec![0u8; CHUNK];
     let mut ended = false;
     loop {
-        let mode = control.borrow_and_update().mode;
+        let (mode, injection) = {
+            let now = control.borrow_and_update();
+            let injection = (to_client && now.inject_epoch > injected_epoch)
+                .then(|| (now.inject_epoch, now.injected.clone()));
+            (now.mode, injection)
+        };
+        if let Some((epoch, bytes)) = injection {
+            injected_epoch = epoch;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
         if ended && held.is_empty() {
             let _ = to.shutdown().await;
             return;

@@ -406,3 +406,52 @@ async fn heartbeat_repairs_a_channel_unlistened_behind_the_listeners_back() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_notification_is_an_error_and_a_reconnect_never_a_panic() {
+    let cluster = own_cluster().await;
+    let (proxy, url) = proxy_to(&cluster).await;
+    let listener = Listener::builder(&url)
+        .backoff(fast_backoff())
+        .connect()
+        .await
+        .unwrap();
+    let channel = unique("malformed");
+    let mut sub = listener.subscribe([&channel]).await.unwrap();
+    let client = admin(&cluster.url()).await;
+    send(&client, &channel, "before").await;
+    assert_eq!(next_notification(&mut sub).await.payload(), "before");
+    let pid = listener.backend_pid().expect("connected");
+
+    // A NotificationResponse on the subscribed channel whose payload is not UTF-8, as if
+    // the server had sent it (the connection is idle, so it lands between messages).
+    let mut body = 4242i32.to_be_bytes().to_vec();
+    body.extend_from_slice(channel.as_bytes());
+    body.push(0);
+    body.extend_from_slice(b"\xff\xfe");
+    body.push(0);
+    let mut message = vec![b'A'];
+    message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    message.extend_from_slice(&body);
+    proxy.inject_to_clients(&message);
+
+    let (before, lost) = until(&mut sub, |e| matches!(e, Event::Error(_))).await;
+    assert!(before.is_empty(), "{before:?}");
+    let Event::Error(error) = lost else {
+        unreachable!()
+    };
+    assert_eq!(error.kind(), ErrorKind::ConnectionLost, "{error}");
+    assert!(
+        error.to_string().contains("payload is not UTF-8"),
+        "the error says what was wrong: {error}"
+    );
+    let (between, reconnected) = until(&mut sub, |e| matches!(e, Event::Reconnected(_))).await;
+    assert!(
+        between.iter().all(|e| matches!(e, Event::Error(_))),
+        "{between:?}"
+    );
+    assert!(matches!(reconnected, Event::Reconnected(_)));
+    assert_ne!(listener.backend_pid(), Some(pid));
+    send(&client, &channel, "after").await;
+    assert_eq!(next_notification(&mut sub).await.payload(), "after");
+}
