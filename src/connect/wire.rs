@@ -7,8 +7,6 @@
 //! has the sending backend's process ID (`i32`), the channel and the payload, each a
 //! NUL-terminated string.
 
-use std::ffi::CStr;
-
 /// A backend message's type byte and length field.
 pub(crate) const HEADER_LEN: usize = 5;
 
@@ -127,9 +125,9 @@ const PAYLOAD: StringFaults = StringFaults {
 
 /// A NUL-terminated UTF-8 string at the start of `bytes`, and what follows it.
 fn c_string<'a>(bytes: &'a [u8], faults: &StringFaults) -> Result<(&'a str, &'a [u8]), Malformed> {
-    let text = CStr::from_bytes_until_nul(bytes).map_err(|_| Malformed(faults.no_nul))?;
-    let text = text.to_str().map_err(|_| Malformed(faults.not_utf8))?;
-    Ok((text, &bytes[text.len() + 1..]))
+    let end = memchr::memchr(0, bytes).ok_or(Malformed(faults.no_nul))?;
+    let text = std::str::from_utf8(&bytes[..end]).map_err(|_| Malformed(faults.not_utf8))?;
+    Ok((text, &bytes[end + 1..]))
 }
 
 /// Whole notification messages read off the connection, in the order they arrived, not
