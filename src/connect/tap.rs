@@ -97,11 +97,13 @@ pub(crate) struct Tap<S> {
     eof: bool,
     /// A read failed; handed on once the stash was taken.
     error: Option<io::Error>,
+    /// The transport's TLS channel binding (none for a plain socket).
+    binding: fn(&S) -> ChannelBinding,
     tapped: Tapped,
 }
 
 impl<S> Tap<S> {
-    fn new(inner: S, tapped: Tapped) -> Self {
+    fn new(inner: S, binding: fn(&S) -> ChannelBinding, tapped: Tapped) -> Self {
         Tap {
             inner,
             buffer: vec![0; BUFFER_LEN].into_boxed_slice(),
@@ -110,6 +112,7 @@ impl<S> Tap<S> {
             passing: 0,
             eof: false,
             error: None,
+            binding,
             tapped,
         }
     }
@@ -133,6 +136,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
             eof,
             error,
             tapped,
+            ..
         } = self.get_mut();
         let mut stash = tapped.lock();
         loop {
@@ -248,60 +252,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
     }
 }
 
-impl<S: TlsStream + Unpin> TlsStream for Tap<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Tap<S> {
     fn channel_binding(&self) -> ChannelBinding {
-        self.inner.channel_binding()
+        (self.binding)(&self.inner)
     }
 }
 
-/// A plain socket as the driver's "TLS" stream (see [`PlainTap`]): no channel binding.
-#[derive(Debug)]
-pub(crate) struct Plain<S>(S);
-
-impl<S: AsyncRead + Unpin> AsyncRead for Plain<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, out)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Plain<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Plain<S> {
-    fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
-    }
+/// A plain socket's channel binding: none.
+fn no_binding<S>(_: &S) -> ChannelBinding {
+    ChannelBinding::none()
 }
 
 /// A tap on a plain socket, passed to tokio-postgres as its TLS connector.
@@ -318,7 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Plain<S> {
 pub(crate) struct PlainTap(pub(crate) Tapped);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> MakeTlsConnect<S> for PlainTap {
-    type Stream = Tap<Plain<S>>;
+    type Stream = Tap<S>;
     type TlsConnect = PlainTap;
     type Error = Infallible;
 
@@ -328,12 +287,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MakeTlsConnect<S> for PlainTap {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsConnect<S> for PlainTap {
-    type Stream = Tap<Plain<S>>;
+    type Stream = Tap<S>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Tap<Plain<S>>, Infallible>>;
+    type Future = std::future::Ready<Result<Tap<S>, Infallible>>;
 
     fn connect(self, stream: S) -> Self::Future {
-        std::future::ready(Ok(Tap::new(Plain(stream), self.0)))
+        std::future::ready(Ok(Tap::new(stream, no_binding, self.0)))
     }
 }
 
@@ -396,7 +355,7 @@ where
         let this = self.get_mut();
         let stream = std::task::ready!(Pin::new(&mut this.handshake).poll(cx))?;
         let tapped = this.tapped.take().unwrap_or_default();
-        Poll::Ready(Ok(Tap::new(stream, tapped)))
+        Poll::Ready(Ok(Tap::new(stream, T::channel_binding, tapped)))
     }
 }
 
@@ -405,6 +364,7 @@ mod tests {
     use super::*;
     use crate::connect::wire::{encode_message, encode_notification};
     use proptest::prelude::*;
+    use std::task::Waker;
 
     /// A transport that returns `data` in pieces of the given sizes, `Pending` (with a
     /// wake-up) before every other piece, then ends.
@@ -445,6 +405,13 @@ mod tests {
         }
     }
 
+    /// A tap over `inner` that stashes from the start.
+    fn taking<S>(inner: S) -> (Tap<S>, Tapped) {
+        let tapped = Tapped::default();
+        tapped.start();
+        (Tap::new(inner, no_binding, tapped.clone()), tapped)
+    }
+
     /// What the driver and the listener see, in order.
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Seen {
@@ -471,9 +438,8 @@ mod tests {
             piece: 0,
             pending_next: false,
         };
-        let mut tap = Tap::new(pieces, tapped.clone());
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
+        let mut tap = Tap::new(pieces, no_binding, tapped.clone());
+        let mut cx = Context::from_waker(Waker::noop());
         let mut seen = Vec::new();
         let mut driver = Vec::new();
         let mut driver_messages = 0;
@@ -609,8 +575,6 @@ mod tests {
         let sent: Vec<Sent> = (0..2000)
             .map(|i| Sent::Notification(i, "c".into(), format!("{i:064}")))
             .collect();
-        let tapped = Tapped::default();
-        tapped.start();
         let pieces = Pieces {
             data: encode(&sent),
             sizes: vec![usize::MAX],
@@ -618,9 +582,8 @@ mod tests {
             piece: 0,
             pending_next: false,
         };
-        let mut tap = Tap::new(pieces, tapped.clone());
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
+        let (mut tap, tapped) = taking(pieces);
+        let mut cx = Context::from_waker(Waker::noop());
         let mut space = [0; 64];
         let mut out = ReadBuf::new(&mut space);
         assert!(Pin::new(&mut tap).poll_read(&mut cx, &mut out).is_pending());
@@ -652,11 +615,8 @@ mod tests {
                 Poll::Ready(Ok(()))
             }
         }
-        let tapped = Tapped::default();
-        tapped.start();
-        let mut tap = Tap::new(Failing(false), tapped.clone());
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
+        let (mut tap, tapped) = taking(Failing(false));
+        let mut cx = Context::from_waker(Waker::noop());
         let mut space = [0; 64];
         let mut out = ReadBuf::new(&mut space);
         assert!(Pin::new(&mut tap).poll_read(&mut cx, &mut out).is_pending());

@@ -87,12 +87,7 @@ async fn stall_is_detected_within_the_heartbeat_bound_and_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_is_announced_and_recovered() {
     let cluster = own_cluster().await;
-    let (proxy, url) = proxy_to(&cluster).await;
-    let listener = Listener::builder(&url)
-        .backoff(fast_backoff())
-        .connect()
-        .await
-        .unwrap();
+    let (proxy, listener) = listener_through_proxy(&cluster).await;
     let channel = unique("cut");
     let mut sub = listener.subscribe([&channel]).await.unwrap();
     let producer = Producer::start(cluster.url(), channel.clone());
@@ -410,12 +405,7 @@ async fn heartbeat_repairs_a_channel_unlistened_behind_the_listeners_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_notification_is_an_error_and_a_reconnect_never_a_panic() {
     let cluster = own_cluster().await;
-    let (proxy, url) = proxy_to(&cluster).await;
-    let listener = Listener::builder(&url)
-        .backoff(fast_backoff())
-        .connect()
-        .await
-        .unwrap();
+    let (proxy, listener) = listener_through_proxy(&cluster).await;
     let channel = unique("malformed");
     let mut sub = listener.subscribe([&channel]).await.unwrap();
     let client = admin(&cluster.url()).await;
@@ -454,4 +444,17 @@ async fn a_malformed_notification_is_an_error_and_a_reconnect_never_a_panic() {
     assert_ne!(listener.backend_pid(), Some(pid));
     send(&client, &channel, "after").await;
     assert_eq!(next_notification(&mut sub).await.payload(), "after");
+}
+
+/// A listener that reaches `cluster` through a fault proxy, reconnecting fast.
+async fn listener_through_proxy(
+    cluster: &pglisten_testkit::Cluster,
+) -> (pglisten_testkit::FaultProxy, Listener) {
+    let (proxy, url) = proxy_to(cluster).await;
+    let listener = Listener::builder(&url)
+        .backoff(fast_backoff())
+        .connect()
+        .await
+        .unwrap();
+    (proxy, listener)
 }
