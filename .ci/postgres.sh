@@ -172,6 +172,13 @@ test_one() {
   printf 'PostgreSQL %-7s %-6s %4s passed, %s failed, %s skipped, %ss (log: %s)\n' \
     "$version" "$status" "$(count passed "$log")" "$(count failed "$log")" \
     "$(grep -c '^skipped' "$log" || true)" "$seconds" "$log"
+  if [ "$status" != ok ]; then
+    # The log stays in the CI machine's checkout: show what failed here.
+    printf -- '--- failures on PostgreSQL %s ---\n' "$version"
+    grep -E -A 40 '^---- .* stdout ----$' "$log" | head -n 200 || true
+    grep -E '^(test .* FAILED|error(\[|:))' "$log" | head -n 40 || true
+    tail -n 15 "$log"
+  fi
   [ "$status" = ok ]
 }
 
