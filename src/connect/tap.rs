@@ -270,9 +270,9 @@ fn no_binding<S>(_: &S) -> ChannelBinding {
 /// `SSLRequest` and calls [`TlsConnect::connect`] at once; this "handshake" puts a tap
 /// on the socket and encrypts nothing. On the wire that is exactly `sslmode=disable`
 /// (the start-up message goes first, in plain), and the tap reports no channel binding,
-/// as a plain socket does, so authentication behaves as it does without TLS. It needs a
-/// host name (tokio-postgres's condition for calling the connector): not for a unix
-/// socket, which keeps the driver's own reading.
+/// as a plain socket does, so authentication behaves as it does without TLS. The driver
+/// calls the connector only for a host name; for a unix socket pglisten opens the socket
+/// itself and hands it to the driver (`Config::connect_raw`) with this connector.
 #[derive(Debug, Clone)]
 pub(crate) struct PlainTap(pub(crate) Tapped);
 

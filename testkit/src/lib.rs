@@ -532,6 +532,12 @@ impl Cluster {
         format_url(self.port, user, password, dbname)
     }
 
+    /// The directory of the server's unix socket (`.s.PGSQL.{port}` in it): the `host` of
+    /// a connection string that connects without TCP.
+    pub fn socket_dir(&self) -> &Path {
+        &self.base
+    }
+
     /// The server's data directory (`PGDATA`).
     pub fn data_dir(&self) -> &Path {
         &self.data

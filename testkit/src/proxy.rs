@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -101,14 +101,37 @@ impl FaultProxy {
     ///
     /// Outside a tokio runtime.
     pub async fn start(upstream: SocketAddr) -> io::Result<FaultProxy> {
-        if upstream.ip() != Ipv4Addr::LOCALHOST {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("FaultProxy only forwards to 127.0.0.1, not {upstream}"),
-            ));
-        }
+        check_upstream(upstream)?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
+        Ok(Self::serve(addr, Listening::Tcp(listener), upstream))
+    }
+
+    /// Starts a proxy to `upstream` (which must be on `127.0.0.1`) that clients reach
+    /// over a unix socket: `socket_dir/.s.PGSQL.<port>`, where PostgreSQL clients look
+    /// for a server with `host=socket_dir port=<port>`. [`port`](Self::port) is then that
+    /// `port`; [`cut`](Self::cut) closes the unix side (a unix socket has no reset).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if `upstream` is not on `127.0.0.1`; any error of binding the
+    /// socket (a file of that name already there, say).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn start_unix(
+        socket_dir: &std::path::Path,
+        port: u16,
+        upstream: SocketAddr,
+    ) -> io::Result<FaultProxy> {
+        check_upstream(upstream)?;
+        let listener = UnixListener::bind(socket_dir.join(format!(".s.PGSQL.{port}")))?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        Ok(Self::serve(addr, Listening::Unix(listener), upstream))
+    }
+
+    fn serve(addr: SocketAddr, listener: Listening, upstream: SocketAddr) -> FaultProxy {
         let (control, _) = watch::channel(Control {
             mode: Mode::Pass,
             cut_epoch: 0,
@@ -121,11 +144,11 @@ impl FaultProxy {
             accepted: AtomicU64::new(0),
         });
         let accept_task = tokio::spawn(accept_loop(listener, upstream, shared.clone()));
-        Ok(FaultProxy {
+        FaultProxy {
             addr,
             shared,
             accept_task,
-        })
+        }
     }
 
     /// The address clients connect to: `127.0.0.1:<port>`.
@@ -214,22 +237,81 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>) {
+fn check_upstream(upstream: SocketAddr) -> io::Result<()> {
+    if upstream.ip() == Ipv4Addr::LOCALHOST {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("FaultProxy only forwards to 127.0.0.1, not {upstream}"),
+    ))
+}
+
+/// Where a proxy's clients connect.
+enum Listening {
+    Tcp(TcpListener),
+    /// The socket file is removed when the proxy stops.
+    Unix(UnixListener),
+}
+
+impl Listening {
+    async fn accept(&self) -> io::Result<Client> {
+        match self {
+            Listening::Tcp(listener) => listener.accept().await.map(|(c, _)| Client::Tcp(c)),
+            Listening::Unix(listener) => listener.accept().await.map(|(c, _)| Client::Unix(c)),
+        }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        if let Listening::Unix(listener) = self
+            && let Ok(addr) = listener.local_addr()
+            && let Some(path) = addr.as_pathname()
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A client's connection to the proxy.
+enum Client {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Client {
+    /// Makes the coming close a reset (RST) where the transport has one, and discards
+    /// unsent data.
+    fn reset_on_close(&self) {
+        if let Client::Tcp(stream) = self {
+            let _ = stream.set_zero_linger();
+        }
+    }
+}
+
+async fn accept_loop(listener: Listening, upstream: SocketAddr, shared: Arc<Shared>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((client, _)) => {
+                Ok(client) => {
                     if shared.control.borrow().mode == Mode::Refuse {
                         // A reset, not a close: the client's connect fails at once.
-                        let _ = client.set_zero_linger();
+                        client.reset_on_close();
                         drop(client);
                         continue;
                     }
                     // Cuts from here on apply to this connection.
                     let epoch = shared.control.borrow().cut_epoch;
                     shared.accepted.fetch_add(1, Ordering::SeqCst);
-                    connections.spawn(connection(client, upstream, epoch, shared.clone()));
+                    let shared = shared.clone();
+                    connections.spawn(async move {
+                        match client {
+                            Client::Tcp(stream) => connection(stream, upstream, epoch, shared).await,
+                            Client::Unix(stream) => connection(stream, upstream, epoch, shared).await,
+                        }
+                    });
                 }
                 // Out of descriptors and the like: try again shortly.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -256,17 +338,44 @@ impl Drop for LiveGuard {
     }
 }
 
-async fn connection(mut client: TcpStream, upstream: SocketAddr, epoch: u64, shared: Arc<Shared>) {
+/// What a proxy needs of a client connection besides reading and writing.
+trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    fn prepare(&self);
+    fn reset_on_close(&self);
+}
+
+impl ClientStream for TcpStream {
+    fn prepare(&self) {
+        let _ = self.set_nodelay(true);
+    }
+
+    fn reset_on_close(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl ClientStream for UnixStream {
+    fn prepare(&self) {}
+
+    fn reset_on_close(&self) {}
+}
+
+async fn connection<C: ClientStream>(
+    mut client: C,
+    upstream: SocketAddr,
+    epoch: u64,
+    shared: Arc<Shared>,
+) {
     let _live = LiveGuard::new(shared.clone());
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         // The server is down: the client sees the connection closed.
         return;
     };
-    let _ = client.set_nodelay(true);
+    client.prepare();
     let _ = server.set_nodelay(true);
     let mut cut = shared.control.subscribe();
     let was_cut = {
-        let (mut client_read, mut client_write) = client.split();
+        let (mut client_read, mut client_write) = tokio::io::split(&mut client);
         let (mut server_read, mut server_write) = server.split();
         let up = pump(
             &mut client_read,
@@ -289,7 +398,7 @@ async fn connection(mut client: TcpStream, upstream: SocketAddr, epoch: u64, sha
     if was_cut {
         // Closing with a zero linger time sends RST instead of FIN, and discards unsent
         // data. (The borrowed halves above never shut anything down on drop.)
-        let _ = client.set_zero_linger();
+        client.reset_on_close();
         let _ = server.set_zero_linger();
     }
 }
@@ -447,6 +556,39 @@ mod tests {
             .expect("echo within WAIT")
             .unwrap();
         back
+    }
+
+    #[tokio::test]
+    async fn a_unix_socket_proxy_forwards_injects_and_removes_its_socket() {
+        let dir = std::env::temp_dir().join(format!("pglisten-proxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join(".s.PGSQL.7");
+        let proxy = FaultProxy::start_unix(&dir, 7, echo_server().await)
+            .await
+            .unwrap();
+        assert_eq!(proxy.port(), 7);
+        let mut stream = UnixStream::connect(&socket).await.unwrap();
+        stream.write_all(b"hello").await.unwrap();
+        let mut back = [0u8; 5];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+            .await
+            .expect("echo within WAIT")
+            .unwrap();
+        assert_eq!(&back, b"hello");
+        proxy.inject_to_clients(b"extra");
+        tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+            .await
+            .expect("injected bytes within WAIT")
+            .unwrap();
+        assert_eq!(&back, b"extra");
+        drop(proxy);
+        // The accept task is aborted, then its listener dropped: wait for the file to go.
+        let deadline = Instant::now() + WAIT;
+        while socket.exists() {
+            assert!(Instant::now() < deadline, "the socket file stayed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[tokio::test]

@@ -241,6 +241,21 @@ async fn with_no_host_the_default_unix_socket_is_used_where_the_server_has_one()
     listener.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_unix_socket_with_no_server_is_a_connect_error_naming_the_socket_file() {
+    let dir = std::env::temp_dir().join(unique("no_server_here"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("host={} port=5999 user=postgres", dir.display());
+    let error = Listener::connect(&url).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Connect, "{error}");
+    let socket = dir.join(".s.PGSQL.5999");
+    assert!(
+        error.to_string().contains(&socket.display().to_string()),
+        "{error}"
+    );
+    let _ = std::fs::remove_dir(&dir);
+}
+
 #[test]
 fn an_abstract_socket_host_is_refused_with_a_clear_error() {
     let error = Listener::builder("host=@pgsocket user=app")

@@ -406,10 +406,48 @@ async fn heartbeat_repairs_a_channel_unlistened_behind_the_listeners_back() {
 async fn a_malformed_notification_is_an_error_and_a_reconnect_never_a_panic() {
     let cluster = own_cluster().await;
     let (proxy, listener) = listener_through_proxy(&cluster).await;
+    let client = admin(&cluster.url()).await;
+    a_malformed_notification_ends_the_connection(&proxy, &listener, &client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_unix_socket_too_pglisten_reads_the_notifications_itself() {
+    // The same fault on a unix socket, which the driver alone used to read: only
+    // pglisten's own reader names what was wrong (the driver reports a parse error).
+    let cluster = own_cluster().await;
+    let proxy_port = cluster.port().checked_add(1).unwrap_or(1);
+    let proxy = pglisten_testkit::FaultProxy::start_unix(
+        cluster.socket_dir(),
+        proxy_port,
+        ([127, 0, 0, 1], cluster.port()).into(),
+    )
+    .await
+    .expect("a proxy on a unix socket");
+    let url = format!(
+        "host={} port={proxy_port} user=postgres dbname=postgres",
+        cluster.socket_dir().display()
+    );
+    let listener = Listener::builder(&url)
+        .backoff(fast_backoff())
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_report(&e)));
+    assert!(proxy.accepted() >= 1, "the listener is on the unix socket");
+    let client = admin(&cluster.url()).await;
+    a_malformed_notification_ends_the_connection(&proxy, &listener, &client).await;
+}
+
+/// Injects a notification whose payload is not UTF-8 on the listener's connection
+/// (through `proxy`): the stream shows an `Error` naming the fault, then `Reconnected`
+/// on a new backend, and delivers again.
+async fn a_malformed_notification_ends_the_connection(
+    proxy: &pglisten_testkit::FaultProxy,
+    listener: &Listener,
+    client: &tokio_postgres::Client,
+) {
     let channel = unique("malformed");
     let mut sub = listener.subscribe([&channel]).await.unwrap();
-    let client = admin(&cluster.url()).await;
-    send(&client, &channel, "before").await;
+    send(client, &channel, "before").await;
     assert_eq!(next_notification(&mut sub).await.payload(), "before");
     let pid = listener.backend_pid().expect("connected");
 
@@ -442,7 +480,7 @@ async fn a_malformed_notification_is_an_error_and_a_reconnect_never_a_panic() {
     );
     assert!(matches!(reconnected, Event::Reconnected(_)));
     assert_ne!(listener.backend_pid(), Some(pid));
-    send(&client, &channel, "after").await;
+    send(client, &channel, "after").await;
     assert_eq!(next_notification(&mut sub).await.payload(), "after");
 }
 

@@ -154,6 +154,24 @@ impl ConnectConfig {
                     .await
                     .map(|(client, connection)| (client, message_stream(connection, Some(tapped))))
             }
+            #[cfg(unix)]
+            Transport::Plain if unix_socket_path(config).is_some() => {
+                // The driver calls no TLS hook for a unix socket (it has no host name), so
+                // pglisten opens the socket itself, as the driver would, and hands it
+                // over with the plain tap.
+                let path = unix_socket_path(config).unwrap_or_default();
+                let stream = tokio::net::UnixStream::connect(&path)
+                    .await
+                    .map_err(|e| unix_socket_failed(label, &path, e))?;
+                let mut config = config.clone();
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                config.ssl_negotiation(tokio_postgres::config::SslNegotiation::Direct);
+                let tapped = Tapped::default();
+                config
+                    .connect_raw(stream, PlainTap(tapped.clone()))
+                    .await
+                    .map(|(client, connection)| (client, message_stream(connection, Some(tapped))))
+            }
             Transport::Plain => {
                 let mut config = config.clone();
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -216,6 +234,33 @@ impl ConnectConfig {
             )
         })
     }
+}
+
+/// The socket file of the unix socket directory `config` names, as libpq and the driver
+/// find it: `DIRECTORY/.s.PGSQL.PORT`.
+#[cfg(unix)]
+fn unix_socket_path(config: &tokio_postgres::Config) -> Option<std::path::PathBuf> {
+    match (config.get_hosts(), config.get_ports()) {
+        ([tokio_postgres::config::Host::Unix(directory)], [port]) => {
+            Some(directory.join(format!(".s.PGSQL.{port}")))
+        }
+        _ => None,
+    }
+}
+
+/// The unix socket could not be opened: the words the driver's own failure gets (see
+/// `diagnose::connect_failed`), and where pglisten looked.
+#[cfg(unix)]
+fn unix_socket_failed(label: &str, path: &std::path::Path, cause: std::io::Error) -> Error {
+    Error::with_source(
+        ErrorKind::Connect,
+        format!(
+            "could not connect to {label}: the server could not be reached at the unix socket \
+             {}; check that it runs and that unix_socket_directories names this directory",
+            path.display()
+        ),
+        cause,
+    )
 }
 
 /// A TCP host name is what tokio-postgres needs before it calls a TLS connector, the
