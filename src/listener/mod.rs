@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fanout::Mailbox;
 use crate::stats::{Stats, Status};
 use crate::subscription::Subscription;
-use crate::worker::{Command, Request, Started};
+use crate::worker::{Background, Command, Request, Started};
 
 /// A handle to one background task that owns one PostgreSQL connection and LISTENs on
 /// behalf of every [`Subscription`] made from it.
@@ -59,6 +59,8 @@ struct Inner {
     config: Arc<ListenerConfig>,
     /// The durable reader, started by the first durable subscription.
     durable: Mutex<Option<Arc<Reader>>>,
+    /// Where the durable reader runs: next to the connection's task.
+    background: Background,
 }
 
 impl fmt::Debug for Listener {
@@ -101,6 +103,7 @@ impl Listener {
             commands,
             status,
             config,
+            background,
         } = started;
         let inner = Arc::new(Inner {
             commands,
@@ -111,6 +114,7 @@ impl Listener {
             target: config.connect.target().to_owned(),
             config,
             durable: Mutex::new(None),
+            background,
         });
         Listener { inner }
     }
@@ -192,8 +196,10 @@ impl Listener {
     /// Returns once the wake-up channel is LISTENed to and the starting point is
     /// settled: with [`Cursor::Now`], every entry of a transaction still running, or not
     /// yet begun, when this returns is delivered. Reads use one extra connection per
-    /// listener (opened by the first durable subscription), so this must be called
-    /// from a tokio runtime, where the reader runs. The wake-up channel
+    /// listener (opened by the first durable subscription), made and read by a task
+    /// that runs where the listener's own task runs (see
+    /// [`TaskPlacement`](crate::TaskPlacement)): on the listener's thread, a consumer
+    /// that blocks its own thread holds up neither. The wake-up channel
     /// ([`WAKE_PREFIX`](crate::durable::WAKE_PREFIX)` + channel`) is an ordinary
     /// subscription of this listener: [`Listener::listening_channels`] and
     /// [`Listener::stats`] count it. Its queue has the listener's
@@ -250,23 +256,25 @@ impl Listener {
     ) -> Result<DurableSubscription> {
         let wake_name = wake_channel(channel)?;
         self.check_open()?;
-        let reader = self.durable_reader()?;
+        let reader = self.durable_reader();
         let wake = self.subscribe([wake_name]).await?;
         reader.subscribe(journal, channel, from, wake).await
     }
 
-    fn durable_reader(&self) -> Result<Arc<Reader>> {
+    fn durable_reader(&self) -> Arc<Reader> {
         let mut slot = self
             .inner
             .durable
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(reader) = &*slot {
-            return Ok(reader.clone());
+            return reader.clone();
         }
-        let reader = Arc::new(Reader::start(self.inner.config.clone())?);
+        let (reader, task) = Reader::new(self.inner.config.clone());
+        self.inner.background.spawn(task);
+        let reader = Arc::new(reader);
         *slot = Some(reader.clone());
-        Ok(reader)
+        reader
     }
 
     /// Sends a notification on `channel` through this listener's connection

@@ -8,8 +8,9 @@
 
 use std::sync::Arc;
 
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::{Command, Worker, batches_per_poll};
@@ -24,15 +25,43 @@ pub(crate) struct Started {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) status: Arc<Status>,
     pub(crate) config: Arc<ListenerConfig>,
+    /// Where the listener's other background work (the durable reader) runs: next to
+    /// the connection's task, on its own thread or on the caller's runtime.
+    pub(crate) background: Background,
+}
+
+/// Spawns background tasks where the listener's task runs. On the listener's own
+/// thread, the thread keeps its runtime until they have ended too.
+#[derive(Debug, Clone)]
+pub(crate) struct Background {
+    runtime: Handle,
+    tracker: TaskTracker,
+}
+
+impl Background {
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        // On a runtime that has shut down (the listener's thread ended), the task is
+        // dropped at once: whoever waits on it sees it gone.
+        drop(self.tracker.spawn_on(task, &self.runtime));
+    }
 }
 
 /// [`TaskPlacement`] resolved against where `connect` was called.
 enum Place {
-    OwnThread,
+    /// With the runtime the thread will drive, made before the thread so that its handle
+    /// is known at once.
+    OwnThread(Runtime),
     Caller(Handle),
 }
 
 impl Place {
+    fn handle(&self) -> Handle {
+        match self {
+            Place::OwnThread(runtime) => runtime.handle().clone(),
+            Place::Caller(handle) => handle.clone(),
+        }
+    }
+
     fn resolve(placement: TaskPlacement) -> Result<Place> {
         let current = Handle::try_current().ok();
         match (placement, current) {
@@ -47,42 +76,62 @@ impl Place {
             {
                 Ok(Place::Caller(handle))
             }
-            _ => Ok(Place::OwnThread),
+            _ => own_runtime().map(Place::OwnThread),
         }
     }
 }
 
+/// The runtime of a listener's own thread: a single-threaded one.
+fn own_runtime() -> Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::Connect,
+                "could not create the listener's runtime (the system refused a timer or an \
+                 I/O driver): the process may be out of file descriptors",
+                e,
+            )
+        })
+}
+
 /// The worker and the handles to it, before it runs.
-fn prepare(config: &Arc<ListenerConfig>, place: &Place) -> (Worker, Started) {
+fn prepare(config: &Arc<ListenerConfig>, place: &Place) -> (Worker, Started, TaskTracker) {
     let (commands, receiver) = mpsc::unbounded_channel();
     let status = Arc::new(Status::with_metrics(ListenerMetrics::register(
         &config.metrics_label,
     )));
     let batches_per_poll = batches_per_poll(match place {
         Place::Caller(handle) => Some(handle.runtime_flavor()),
-        Place::OwnThread => None,
+        Place::OwnThread(_) => None,
     });
     let worker = Worker::new(config.clone(), receiver, status.clone(), batches_per_poll);
+    let tracker = TaskTracker::new();
     let started = Started {
         commands,
         status,
         config: config.clone(),
+        background: Background {
+            runtime: place.handle(),
+            tracker: tracker.clone(),
+        },
     };
-    (worker, started)
+    (worker, started, tracker)
 }
 
 /// Connects (failing fast, as `ListenerBuilder::connect` promises), then starts the
 /// task with that connection.
 pub(crate) async fn start_connected(config: Arc<ListenerConfig>) -> Result<Started> {
     let place = Place::resolve(config.task_placement)?;
-    let (worker, started) = prepare(&config, &place);
+    let (worker, started, background) = prepare(&config, &place);
     match place {
         Place::Caller(handle) => {
             let session = open_session(&config.connect).await?;
             announce(&started.status, &session);
             handle.spawn(run(worker, Some(session), &config));
         }
-        Place::OwnThread => {
+        Place::OwnThread(runtime) => {
             let (reply, connected) = oneshot::channel();
             let status = started.status.clone();
             let first = {
@@ -109,7 +158,7 @@ pub(crate) async fn start_connected(config: Arc<ListenerConfig>) -> Result<Start
                     }
                 }
             };
-            spawn_thread(&config, task)?;
+            spawn_thread(&config, runtime, background, task)?;
             match connected.await {
                 Ok(result) => result?,
                 // The thread ended without answering: it panicked (the panic hook has
@@ -129,14 +178,14 @@ pub(crate) async fn start_connected(config: Arc<ListenerConfig>) -> Result<Start
 /// Starts the task without a connection: it connects in the background.
 pub(crate) fn start_lazy(config: Arc<ListenerConfig>) -> Result<Started> {
     let place = Place::resolve(config.task_placement)?;
-    let (worker, started) = prepare(&config, &place);
+    let (worker, started, background) = prepare(&config, &place);
     match place {
         Place::Caller(handle) => {
             handle.spawn(run(worker, None, &config));
         }
-        Place::OwnThread => {
+        Place::OwnThread(runtime) => {
             let task = run(worker, None, &config);
-            spawn_thread(&config, task)?;
+            spawn_thread(&config, runtime, background, task)?;
         }
     }
     Ok(started)
@@ -159,24 +208,16 @@ fn run(
     tokio::task::coop::unconstrained(worker.run(first).instrument(span))
 }
 
-/// Runs `task` on a new thread with a runtime of its own. The thread logs through the
-/// caller's current `tracing` dispatcher, so a subscriber set for the caller's scope
+/// Runs `task` on a new thread that drives `runtime` until the task, then every task of
+/// `background`, has ended; the runtime ends with the thread. The thread logs through
+/// the caller's current `tracing` dispatcher, so a subscriber set for the caller's scope
 /// sees the task's events too.
 fn spawn_thread(
     config: &ListenerConfig,
+    runtime: Runtime,
+    background: TaskTracker,
     task: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            Error::with_source(
-                ErrorKind::Connect,
-                "could not create the listener's runtime (the system refused a timer or an \
-                 I/O driver): the process may be out of file descriptors",
-                e,
-            )
-        })?;
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
     std::thread::Builder::new()
         .name("pglisten".to_owned())
@@ -189,7 +230,12 @@ fn spawn_thread(
             // unequal to `block_on`'s waker. A spawned task's waker compares equal to its
             // clones. A panic in the task ends the task, and the thread with it.
             let task = runtime.spawn(task);
-            let _ = runtime.block_on(task);
+            runtime.block_on(async {
+                let _ = task.await;
+                // The background tasks end soon after the listener (their streams end).
+                background.close();
+                background.wait().await;
+            });
         })
         .map_err(|e| {
             Error::with_source(

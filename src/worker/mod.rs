@@ -28,7 +28,7 @@ mod launch;
 mod serve;
 
 pub(crate) use command::{Command, Request};
-pub(crate) use launch::{Started, start_connected, start_lazy};
+pub(crate) use launch::{Background, Started, start_connected, start_lazy};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -9,7 +9,7 @@ use super::super::journal::Journal;
 use super::super::stream::{DurableSubscription, Queue};
 use super::Task;
 use crate::config::ListenerConfig;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::position::Cursor;
 use crate::subscription::Subscription;
 
@@ -36,27 +36,23 @@ pub(super) struct Register {
 }
 
 impl Reader {
-    /// Starts the reader's task on the current tokio runtime.
-    pub(crate) fn start(config: Arc<ListenerConfig>) -> Result<Reader> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::new(
-                ErrorKind::Config,
-                "durable subscriptions need a tokio runtime: call subscribe_durable from a task \
-                 of one",
-            )
-        })?;
+    /// The handle, and the reader's task for the caller to spawn (where the listener's
+    /// task runs).
+    pub(crate) fn new(
+        config: Arc<ListenerConfig>,
+    ) -> (Reader, impl Future<Output = ()> + Send + 'static) {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (unsubscribe, unsubscribe_rx) = mpsc::unbounded_channel();
         let room = Arc::new(Notify::new());
         let task = Task::new(config.clone(), commands_rx, unsubscribe_rx, room.clone());
-        runtime.spawn(task.run());
-        Ok(Reader {
+        let reader = Reader {
             commands,
             unsubscribe,
             room,
             next_id: AtomicU64::new(1),
             capacity: config.queue_capacity,
-        })
+        };
+        (reader, task.run())
     }
 
     /// Starts a durable subscription whose wake-ups come through `wake` (LISTEN is

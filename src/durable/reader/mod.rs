@@ -1,5 +1,8 @@
 //! The durable reader: one task per listener, with one connection of its own, that reads
-//! the journal for every durable subscription of the listener.
+//! the journal for every durable subscription of the listener. The listener spawns it
+//! where its own task runs (`worker::Background`), so that a consumer blocking its
+//! thread holds up neither; when the task ends, or is dropped with its runtime, its
+//! subscriptions' streams end.
 //!
 //! Each durable channel has one wake-up subscription on the listener, shared by its
 //! durable subscriptions (each one's own, made by `subscribe_durable` so that LISTEN is
@@ -87,6 +90,16 @@ struct Task {
     backoff_until: Option<Instant>,
 }
 
+/// However the task ends (its loop done, or dropped with its runtime), its streams end
+/// rather than wait for entries that will never come.
+impl Drop for Task {
+    fn drop(&mut self) {
+        for sub in self.subs.values() {
+            sub.queue.close();
+        }
+    }
+}
+
 impl Task {
     fn new(
         config: Arc<ListenerConfig>,
@@ -127,9 +140,6 @@ impl Task {
                 (a, b) => a.or(b),
             };
             self.wait(deadline).await;
-        }
-        for sub in self.subs.values() {
-            sub.queue.close();
         }
         debug!("durable reader stopped");
     }

@@ -5,6 +5,7 @@
 
 mod faults;
 mod held;
+mod placement;
 mod stress;
 
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use pglisten::durable::{self, Cursor, DurableSubscription, Journal, Position};
 use pglisten::tokio_postgres::Client;
-use pglisten::{ErrorKind, Event, Listener, Notification};
+use pglisten::{ErrorKind, Event, Listener, Notification, TaskPlacement};
 
 use crate::support::*;
 
@@ -624,16 +625,38 @@ async fn an_idle_subscription_does_not_read() {
     assert_eq!(sub.stats().reads, reads, "no read while idle");
 }
 
+/// The reader runs where the listener's task runs, so a durable subscription can be
+/// made and read from a thread with no runtime, with either placement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outside_a_tokio_runtime_subscribe_durable_says_so() {
-    let listener = Listener::connect(&shared_url()).await.unwrap();
-    let from_plain_thread = listener.clone();
-    let result = on_plain_thread(move || {
-        futures::executor::block_on(from_plain_thread.subscribe_durable("orders", Cursor::Now))
-    });
-    let e = result.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
-    assert!(e.to_string().contains("tokio runtime"), "{e}");
+async fn outside_a_tokio_runtime_subscribe_durable_works() {
+    let url = shared_url();
+    let client = admin(&url).await;
+    let journal = own_journal(&client).await;
+    for placement in [TaskPlacement::OwnThread, TaskPlacement::CallerRuntime] {
+        let listener = Listener::builder(&url)
+            .task_placement(placement)
+            .connect()
+            .await
+            .unwrap();
+        let channel = unique("dur_plain_thread");
+        let (subscribing, journal_there, channel_there) =
+            (listener.clone(), journal.clone(), channel.clone());
+        let mut sub = on_plain_thread(move || {
+            futures::executor::block_on(subscribing.subscribe_durable_in(
+                &journal_there,
+                &channel_there,
+                Cursor::Now,
+            ))
+        })
+        .unwrap_or_else(|e| panic!("{placement:?}: {e}"));
+        journal.publish(&client, &channel, "one").await.unwrap();
+        let event = on_plain_thread(move || futures::executor::block_on(sub.next()));
+        match event {
+            Some(Event::Notification(entry)) => assert_eq!(entry.payload(), "one"),
+            other => panic!("{placement:?}: expected the entry, got {other:?}"),
+        }
+        listener.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
