@@ -109,11 +109,7 @@ async fn the_connect_hook_is_called_once_per_attempt() {
     };
     assert_eq!(failed.kind(), ErrorKind::Connect, "{failed}");
     assert!(error_report(&failed).contains("hook: network not ready"));
-    let (between, reconnected) = until(&mut events, |e| matches!(e, Event::Reconnected(_))).await;
-    assert!(between.iter().all(|e| matches!(e, Event::Error(_))));
-    let Event::Reconnected(report) = reconnected else {
-        unreachable!()
-    };
+    let (_, report) = reconnected_after_errors(&mut events).await;
     assert_eq!(report.attempts(), 2, "{report:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 1 + report.attempts());
     assert!(!report.host().is_empty());

@@ -28,10 +28,7 @@ async fn stall_is_detected_within_the_heartbeat_bound_and_recovered() {
         .connect()
         .await
         .unwrap();
-    let channel = unique("stall");
-    let mut sub = listener.subscribe([&channel]).await.unwrap();
-    let producer = Producer::start(cluster.url(), channel.clone());
-    next_notification(&mut sub).await;
+    let (mut sub, _, producer) = flowing(&listener, &cluster.url(), "stall").await;
     eventually("a first heartbeat was answered", || async {
         listener.stats().heartbeat_rtt.is_some()
     })
@@ -39,15 +36,8 @@ async fn stall_is_detected_within_the_heartbeat_bound_and_recovered() {
 
     let stalled_at = Instant::now();
     proxy.stall();
-    let (before, lost) = until(&mut sub, |e| matches!(e, Event::Error(_))).await;
+    let error = expect_loss(&mut sub).await;
     let detected_after = stalled_at.elapsed();
-    assert!(
-        before.iter().all(|e| matches!(e, Event::Notification(_))),
-        "{before:?}"
-    );
-    let Event::Error(error) = lost else {
-        unreachable!()
-    };
     assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
     let bound = interval + timeout + MARGIN;
     assert!(
@@ -67,14 +57,7 @@ async fn stall_is_detected_within_the_heartbeat_bound_and_recovered() {
     assert!(listener.backend_pid().is_none());
 
     proxy.pass();
-    let (between, reconnected) = until(&mut sub, |e| matches!(e, Event::Reconnected(_))).await;
-    assert!(
-        between.iter().all(|e| matches!(e, Event::Error(_))),
-        "{between:?}"
-    );
-    let Event::Reconnected(report) = reconnected else {
-        unreachable!()
-    };
+    let (_, report) = reconnected_after_errors(&mut sub).await;
     assert!(report.attempts() >= 2, "{report:?}");
     assert!(report.downtime() >= connect_timeout, "{report:?}");
     expect_flow_after_gap(&mut sub, &producer).await;
@@ -88,29 +71,15 @@ async fn stall_is_detected_within_the_heartbeat_bound_and_recovered() {
 async fn cut_is_announced_and_recovered() {
     let cluster = own_cluster().await;
     let (proxy, listener) = listener_through_proxy(&cluster).await;
-    let channel = unique("cut");
-    let mut sub = listener.subscribe([&channel]).await.unwrap();
-    let producer = Producer::start(cluster.url(), channel.clone());
+    let (mut sub, _, producer) = flowing(&listener, &cluster.url(), "cut").await;
     let admin = admin(&cluster.url()).await;
     for round in 1..=2u64 {
         next_notification(&mut sub).await;
         let pid = listener.backend_pid().expect("connected");
         proxy.cut();
-        let (before, lost) = until(&mut sub, |e| matches!(e, Event::Error(_))).await;
-        assert!(
-            before.iter().all(|e| matches!(e, Event::Notification(_))),
-            "{before:?}"
-        );
-        let Event::Error(error) = lost else {
-            unreachable!()
-        };
+        let error = expect_loss(&mut sub).await;
         assert_eq!(error.kind(), ErrorKind::ConnectionLost, "{error}");
-        let (between, reconnected) = until(&mut sub, |e| matches!(e, Event::Reconnected(_))).await;
-        assert!(
-            between.iter().all(|e| matches!(e, Event::Error(_))),
-            "{between:?}"
-        );
-        assert!(matches!(reconnected, Event::Reconnected(_)));
+        reconnected_after_errors(&mut sub).await;
         expect_flow_after_gap(&mut sub, &producer).await;
         assert_ne!(listener.backend_pid(), Some(pid));
         // The server side was reset too: the old backend goes away.
@@ -264,10 +233,7 @@ async fn server_down_for_10s_backs_off_without_an_error_storm_then_recovers() {
         .connect()
         .await
         .unwrap();
-    let channel = unique("down10");
-    let mut sub = listener.subscribe([&channel]).await.unwrap();
-    let producer = Producer::start(url.clone(), channel.clone());
-    next_notification(&mut sub).await;
+    let (mut sub, _, producer) = flowing(&listener, &url, "down10").await;
 
     // Unread errors are coalesced, so read while the server is stopping too.
     let c = cluster.clone();
@@ -324,15 +290,8 @@ async fn server_down_for_10s_backs_off_without_an_error_storm_then_recovers() {
     blocking(move || c.start_again())
         .await
         .expect("start again");
-    let (between, reconnected) = until(&mut sub, |e| matches!(e, Event::Reconnected(_))).await;
-    assert!(
-        between.iter().all(|e| matches!(e, Event::Error(_))),
-        "{between:?}"
-    );
+    let (between, report) = reconnected_after_errors(&mut sub).await;
     assert!(between.len() <= 3, "{between:?}");
-    let Event::Reconnected(report) = reconnected else {
-        unreachable!()
-    };
     assert!(report.downtime() >= outage, "{report:?}");
     assert!(
         report.attempts() as usize >= errors.len(),
@@ -473,12 +432,7 @@ async fn a_malformed_notification_ends_the_connection(
         error.to_string().contains("payload is not UTF-8"),
         "the error says what was wrong: {error}"
     );
-    let (between, reconnected) = until(&mut sub, |e| matches!(e, Event::Reconnected(_))).await;
-    assert!(
-        between.iter().all(|e| matches!(e, Event::Error(_))),
-        "{between:?}"
-    );
-    assert!(matches!(reconnected, Event::Reconnected(_)));
+    reconnected_after_errors(&mut sub).await;
     assert_ne!(listener.backend_pid(), Some(pid));
     send(client, &channel, "after").await;
     assert_eq!(next_notification(&mut sub).await.payload(), "after");

@@ -18,9 +18,7 @@ async fn terminated_backend_is_followed_by_reconnected_and_delivery() {
         .connect()
         .await
         .unwrap();
-    let channel = unique("terminate");
-    let mut sub = listener.subscribe([&channel]).await.unwrap();
-    let producer = Producer::start(url.clone(), channel.clone());
+    let (mut sub, channel, producer) = flowing(&listener, &url, "terminate").await;
     let admin = admin(&url).await;
     for _ in 0..3 {
         next_notification(&mut sub).await;
@@ -29,20 +27,9 @@ async fn terminated_backend_is_followed_by_reconnected_and_delivery() {
             .execute("SELECT pg_terminate_backend($1)", &[&pid])
             .await
             .unwrap();
-        let (before, lost) = until(&mut sub, |e| matches!(e, Event::Error(_))).await;
-        assert!(before.iter().all(|e| matches!(e, Event::Notification(_))));
-        let Event::Error(error) = lost else {
-            unreachable!()
-        };
+        let error = expect_loss(&mut sub).await;
         assert_eq!(error.kind(), ErrorKind::ConnectionLost, "{error}");
-        let (between, reconnected) = until(&mut sub, |e| matches!(e, Event::Reconnected(_))).await;
-        assert!(
-            between.iter().all(|e| matches!(e, Event::Error(_))),
-            "{between:?}"
-        );
-        let Event::Reconnected(report) = reconnected else {
-            unreachable!()
-        };
+        let (_, report) = reconnected_after_errors(&mut sub).await;
         assert!(report.attempts() >= 1);
         assert_ne!(listener.backend_pid(), Some(pid), "a new backend");
         expect_flow_after_gap(&mut sub, &producer).await;
@@ -105,10 +92,7 @@ async fn server_down_for_seconds_then_back() {
         .connect()
         .await
         .unwrap();
-    let channel = unique("down");
-    let mut sub = listener.subscribe([&channel]).await.unwrap();
-    let producer = Producer::start(url.clone(), channel.clone());
-    next_notification(&mut sub).await;
+    let (mut sub, channel, producer) = flowing(&listener, &url, "down").await;
 
     let c = cluster.clone();
     blocking(move || c.stop(StopMode::Fast))
@@ -147,14 +131,7 @@ async fn server_down_for_seconds_then_back() {
     blocking(move || c.start_again())
         .await
         .expect("start again");
-    let (between, reconnected) = until(&mut sub, |e| matches!(e, Event::Reconnected(_))).await;
-    assert!(
-        between.iter().all(|e| matches!(e, Event::Error(_))),
-        "{between:?}"
-    );
-    let Event::Reconnected(report) = reconnected else {
-        unreachable!()
-    };
+    let (_, report) = reconnected_after_errors(&mut sub).await;
     assert!(report.downtime() >= outage, "{report:?}");
     assert!(
         report.attempts() as usize >= errors.len(),
@@ -190,12 +167,7 @@ async fn lazy_connect_while_the_server_is_down_starts_with_reconnected() {
 
     let c = cluster.clone();
     blocking(move || c.start_again()).await.expect("start");
-    let (between, reconnected) = until(&mut sub, |e| matches!(e, Event::Reconnected(_))).await;
-    assert!(
-        between.iter().all(|e| matches!(e, Event::Error(_))),
-        "{between:?}"
-    );
-    assert!(matches!(reconnected, Event::Reconnected(_)));
+    reconnected_after_errors(&mut sub).await;
     let admin = admin(&url).await;
     send(&admin, &channel, "hello").await;
     assert_eq!(next_notification(&mut sub).await.payload(), "hello");

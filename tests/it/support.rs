@@ -258,22 +258,56 @@ impl Producer {
 /// as an error of kind ConnectionLost, and no notification arrives between that error
 /// and `Reconnected`. Returns the report.
 pub async fn expect_gap(sub: &mut Subscription) -> pglisten::ReconnectReport {
-    let (before, _) = until(sub, |e| matches!(e, Event::Error(_))).await;
+    expect_loss(sub).await;
+    reconnected_after_errors(sub).await.1
+}
+
+/// The next error, with only notifications before it: the loss of a connection that
+/// was delivering.
+pub async fn expect_loss(sub: &mut Subscription) -> pglisten::Error {
+    let (before, lost) = until(sub, |e| matches!(e, Event::Error(_))).await;
     assert!(
         before.iter().all(|e| matches!(e, Event::Notification(_))),
         "only notifications before the loss: {before:?}"
     );
-    let (between, reconnected) = until(sub, |e| matches!(e, Event::Reconnected(_))).await;
-    for event in &between {
-        match event {
-            Event::Error(_) => {}
-            other => panic!("between the loss and Reconnected only errors may come: {other:?}"),
-        }
-    }
-    match reconnected {
-        Event::Reconnected(report) => report,
+    match lost {
+        Event::Error(error) => error,
         _ => unreachable!(),
     }
+}
+
+/// The next `Reconnected`, with only errors (failed attempts) before it: the errors and
+/// the report.
+pub async fn reconnected_after_errors(
+    sub: &mut Subscription,
+) -> (Vec<pglisten::Error>, pglisten::ReconnectReport) {
+    let (between, reconnected) = until(sub, |e| matches!(e, Event::Reconnected(_))).await;
+    let errors = between
+        .into_iter()
+        .map(|event| match event {
+            Event::Error(error) => error,
+            other => panic!("between the loss and Reconnected only errors may come: {other:?}"),
+        })
+        .collect();
+    match reconnected {
+        Event::Reconnected(report) => (errors, report),
+        _ => unreachable!(),
+    }
+}
+
+/// A subscription of `listener` to a channel of its own (named after `prefix`), fed by a
+/// [`Producer`] that sends through `producer_url`, once its first notification has
+/// arrived: traffic flows. Returns the subscription, the channel and the producer.
+pub async fn flowing(
+    listener: &Listener,
+    producer_url: &str,
+    prefix: &str,
+) -> (Subscription, String, Producer) {
+    let channel = unique(prefix);
+    let mut sub = listener.subscribe([&channel]).await.unwrap();
+    let producer = Producer::start(producer_url.to_owned(), channel.clone());
+    next_notification(&mut sub).await;
+    (sub, channel, producer)
 }
 
 /// After a gap: notifications sent from now on all arrive, in order.
