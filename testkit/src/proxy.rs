@@ -151,7 +151,9 @@ impl FaultProxy {
         }
     }
 
-    /// The address clients connect to: `127.0.0.1:<port>`.
+    /// The address clients connect to: `127.0.0.1:<port>`. For a proxy made with
+    /// [`start_unix`](Self::start_unix), clients connect to its socket file instead, and
+    /// only the port of this address means anything.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -281,11 +283,11 @@ enum Client {
 }
 
 impl Client {
-    /// Makes the coming close a reset (RST) where the transport has one, and discards
-    /// unsent data.
+    /// See [`ClientStream::reset_on_close`].
     fn reset_on_close(&self) {
-        if let Client::Tcp(stream) = self {
-            let _ = stream.set_zero_linger();
+        match self {
+            Client::Tcp(stream) => stream.reset_on_close(),
+            Client::Unix(stream) => stream.reset_on_close(),
         }
     }
 }
@@ -340,7 +342,10 @@ impl Drop for LiveGuard {
 
 /// What a proxy needs of a client connection besides reading and writing.
 trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Socket options for forwarding (no Nagle delay on TCP).
     fn prepare(&self);
+    /// Makes the coming close a reset (RST) where the transport has one, and discards
+    /// unsent data.
     fn reset_on_close(&self);
 }
 
